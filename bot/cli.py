@@ -1,0 +1,66 @@
+"""The `mimic` command line: parse, delegate, map our errors to one line and exit code 2.
+
+Each group of subcommands lives in its own module with a `register(subparsers)` function; handlers import
+their heavy dependencies (torch, onnx) inside themselves, so `mimic serve` never loads torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from bot import cli_core, cli_data, cli_models, cli_serve
+from bot.errors import ConfigError, UsageError
+from engine.errors import EngineError
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Our own error roots; training/ and export/ are only importable where torch-side extras are installed."""
+    errors: list[type[BaseException]] = [ConfigError, UsageError, EngineError]
+    for module, name in (("training.errors", "TrainingError"), ("export.errors", "ExportError")):
+        try:
+            errors.append(getattr(__import__(module, fromlist=[name]), name))
+        except ImportError:  # pragma: no cover - both are plain modules, present in every install
+            pass
+    return tuple(errors)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mimic",
+        description="Learn how a team talks; write a message the way one of its members would.",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging on stderr")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in (cli_core, cli_data, cli_serve, cli_models):
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING - 10 * min(args.verbose, 2) if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.run(args) or 0)
+    except _user_errors() as exc:
+        print(f"mimic: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mimic: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `mimic generate | head` is a normal way to read a little
+        return 0
+
+
+def entry_point() -> None:
+    raise SystemExit(main())
+
+
+if __name__ == "__main__":
+    entry_point()

@@ -1,0 +1,176 @@
+"""`mimic train`, `mimic export`, `mimic generate`, `mimic eval`: the Darknet `rnn train`/`rnn generate` verbs.
+
+Darknet's single-dash flags (`-len`, `-seed`, `-srand`, `-temp`, `-file`) are accepted as written in its docs,
+next to the double-dash spellings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from bot.errors import UsageError
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    src = p.add_argument_group("what to train on (one of)")
+    src.add_argument("file", nargs="?", help="a text file (like Darknet's -file)")
+    src.add_argument("-file", "--file", dest="file_flag", metavar="FILE", help="same, Darknet's spelling")
+    src.add_argument("--db", metavar="PATH", help="a Mimic message store: train on its speaker-tagged corpus")
+    m = p.add_argument_group("model")
+    m.add_argument("--arch", default="gru", help="gru (default), lstm or darknet-rnn")
+    m.add_argument("--hidden", type=int, default=512, help="hidden size (default 512)")
+    m.add_argument("--layers", type=int, default=1, help="recurrent layers / Darknet [rnn] modules (default 1)")
+    m.add_argument("--dropout", type=float, default=0.0)
+    m.add_argument("--no-batch-norm", action="store_true", help="darknet-rnn without batch normalisation")
+    t = p.add_argument_group("training")
+    t.add_argument("--steps", type=int, help="train this many steps (more steps when resuming)")
+    t.add_argument("--time-budget", type=float, metavar="SECONDS", help="train for this long (default 600 s "
+                   "when neither --steps nor --time-budget is given)")
+    t.add_argument("--batch-size", type=int, default=32, help="parallel streams of the text (default 32)")
+    t.add_argument("--seq-len", type=int, default=128, help="BPTT window in bytes (default 128)")
+    t.add_argument("--lr", type=float, default=3e-3)
+    t.add_argument("--valid-fraction", type=float, default=0.05, help="held-out end of the text (default 0.05)")
+    t.add_argument("--eval-every", type=int, default=200, help="steps between validations (0: only at the end)")
+    t.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
+    t.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    t.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    t.add_argument("--threads", type=int, help="torch threads (default: half the cores)")
+    t.add_argument("--seed", type=int, default=1337, help="random seed (a CPU run is repeatable)")
+    p.add_argument("--out", metavar="DIR", help="run directory (default runs/<timestamp>)")
+    p.add_argument("--resume", metavar="CKPT", help="continue a run exactly from its checkpoint")
+    p.add_argument("--no-export", action="store_true", help="skip writing DIR/model.onnx at the end")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from bot.jobs import chat_store_data, text_file_data, train_and_export
+    from bot.progress import TrainingBar
+    from training.models import ModelConfig
+    from training.trainer import TrainConfig
+
+    sources = [s for s in (args.file, args.file_flag, args.db) if s]
+    if len(sources) != 1:
+        raise UsageError("give exactly one of: a text FILE, -file FILE or --db PATH")
+    try:
+        model_cfg = ModelConfig(arch=args.arch, hidden=args.hidden, layers=args.layers, dropout=args.dropout,
+                                batch_norm=not args.no_batch_norm)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    budget = args.time_budget if (args.steps or args.time_budget) else 600.0
+    train_cfg = TrainConfig(steps=args.steps, time_budget=budget, batch_size=args.batch_size, seq_len=args.seq_len,
+                            lr=args.lr, valid_fraction=args.valid_fraction, eval_every=args.eval_every,
+                            checkpoint_every=args.checkpoint_every, seed=args.seed, device=args.device,
+                            precision=args.precision, threads=args.threads)
+    data = chat_store_data(args.db, args.valid_fraction) if args.db else text_file_data(args.file or args.file_flag)
+    out = Path(args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
+    bar = TrainingBar(train_cfg.steps, train_cfg.time_budget)
+    try:
+        result, onnx_path = train_and_export(data, model_cfg, train_cfg, out, resume=args.resume,
+                                             export=not args.no_export, on_progress=bar)
+    finally:
+        bar.close()
+    print(f"mimic: {result.step} steps, {result.chars_per_sec:,.0f} chars/s, held-out {result.val_bpc:.3f} bits/char; "
+          f"checkpoint {result.checkpoint}", file=sys.stderr)
+    if result.interrupted:
+        print(f"mimic: interrupted; resume with: mimic train --resume {result.checkpoint} ...", file=sys.stderr)
+        return 130
+    if onnx_path:
+        print(onnx_path)
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from export.onnx_export import export_checkpoint
+
+    if len(args.paths) != 2:
+        raise UsageError("usage: mimic export CKPT OUT.onnx")
+    report = export_checkpoint(args.paths[0], args.paths[1])
+    print(f"mimic: wrote {report.path} (parity max |diff| {report.max_abs_diff:.2g})", file=sys.stderr)
+    return 0
+
+
+def unescape_seed(seed: str) -> str:
+    """`-seed "\\n"` as typed in a shell arrives as backslash-n: read \\n, \\t and \\\\ as their characters."""
+    out, i = [], 0
+    while i < len(seed):
+        if seed[i] == "\\" and i + 1 < len(seed) and seed[i + 1] in "nt\\":
+            out.append({"n": "\n", "t": "\t", "\\": "\\"}[seed[i + 1]])
+            i += 2
+        else:
+            out.append(seed[i])
+            i += 1
+    return "".join(out)
+
+
+def load_generator(paths: list[str]):
+    """A Generator for an .onnx model (one path)."""
+    from engine.generate import Generator
+    from engine.session import ModelSession
+
+    if len(paths) != 1:
+        raise UsageError("give one model: an .onnx file")
+    return Generator(ModelSession(paths[0]))
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from engine.sampling import SamplingConfig
+
+    SamplingConfig(args.temp, args.top_k, args.top_p)  # reject bad sampling options before loading anything
+    if args.len < 0:
+        raise UsageError("-len must be zero or more")
+    generator = load_generator(args.model)
+    seed = unescape_seed(args.seed)
+    out = sys.stdout
+    out.write(seed)
+    for piece in generator.stream(seed, args.len, args.temp, args.srand, args.top_k, args.top_p):
+        out.write(piece)
+        out.flush()
+    out.write("\n")
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from engine.evaluate import bits_per_char
+    from engine.session import ModelSession
+
+    text_path = args.text or args.file
+    if not text_path:
+        raise UsageError("usage: mimic eval MODEL FILE")
+    path = Path(text_path)
+    if not path.is_file():
+        raise UsageError(f"{path}: no such file")
+    data = path.read_bytes()
+    if len(data) < 2:
+        raise UsageError(f"{path}: too short to evaluate (needs at least 2 bytes)")
+    bpc = bits_per_char(ModelSession(args.model), data)
+    print(f"{bpc:.4f} bits/char on {path} ({len(data):,} bytes)")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a char-RNN on a text file or a chat store",
+                       description="Train a byte-level char-RNN; writes checkpoints and DIR/model.onnx.")
+    _train_args(p)
+    p.set_defaults(run=run_train)
+
+    p = sub.add_parser("export", help="convert a checkpoint to ONNX (parity-checked)")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="CKPT OUT.onnx")
+    p.set_defaults(run=run_export)
+
+    p = sub.add_parser("generate", help="generate text from a model (Darknet's rnn generate)")
+    p.add_argument("model", nargs="+", metavar="MODEL", help="an .onnx model")
+    p.add_argument("-len", "--len", type=int, default=1000, help="bytes to generate (default 1000)")
+    p.add_argument("-seed", "--seed", default="\n", help='text to start from (default "\\n")')
+    p.add_argument("-srand", "--srand", type=int, default=None, help="random seed (default: a fresh one)")
+    p.add_argument("-temp", "--temp", type=float, default=0.7, help="temperature (default 0.7)")
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.set_defaults(run=run_generate)
+
+    p = sub.add_parser("eval", help="bits per character of a model on a text")
+    p.add_argument("model", metavar="MODEL", help="an .onnx model")
+    p.add_argument("file", nargs="?", metavar="FILE", help="a text file")
+    p.add_argument("--text", metavar="FILE", help="same as FILE")
+    p.set_defaults(run=run_eval)

@@ -1,0 +1,45 @@
+"""Prove an ONNX graph computes what its source model computes, before anyone is allowed to serve it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from export.errors import ParityError
+
+TOLERANCE = 1e-4
+# Shapes checked: a prompt (many bytes at once, several sequences) and a single generation step.
+SHAPES = ((2, 64), (3, 1))
+
+Reference = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def check_parity(reference: Reference, onnx_bytes: bytes, state_rows: int, hidden: int,
+                 tolerance: float = TOLERANCE, seed: int = 0) -> float:
+    """Run `reference(tokens, state) -> (logits, state)` and ONNX Runtime on the same random input.
+
+    Returns the largest absolute difference on logits; raises ParityError when it exceeds `tolerance`.
+    """
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(seed)
+    worst = 0.0
+    for batch, time in SHAPES:
+        tokens = rng.integers(0, 256, size=(batch, time), dtype=np.int64)
+        state = (rng.standard_normal((state_rows, batch, hidden)) * 0.5).astype(np.float32)
+        want_logits, want_state = reference(tokens, state)
+        got_logits, got_state = session.run(["logits", "state_out"], {"tokens": tokens, "state_in": state})
+        if got_logits.shape != want_logits.shape or got_state.shape != want_state.shape:
+            raise ParityError(f"ONNX output shapes {got_logits.shape}/{got_state.shape} differ from the "
+                              f"source's {want_logits.shape}/{want_state.shape}")
+        diff = float(np.max(np.abs(got_logits - want_logits)))
+        state_diff = float(np.max(np.abs(got_state - want_state)))
+        if not (diff <= tolerance and state_diff <= tolerance * 10):  # also catches NaN
+            raise ParityError(
+                f"export rejected: ONNX Runtime and the source model disagree on shape (batch={batch}, "
+                f"time={time}): max |logits diff| {diff:.3g}, max |state diff| {state_diff:.3g} "
+                f"(allowed {tolerance:g}); the model was not written")
+        worst = max(worst, diff)
+    return worst

@@ -1,0 +1,65 @@
+"""Save and load self-describing checkpoints: everything needed to rebuild the model or continue the run.
+
+A checkpoint is a dict saved with torch.save and read back with weights_only=True (no pickled code):
+    format, version, model_config, train_config, model, optimizer, schedule, step, elapsed,
+    rng (torch cpu [+ cuda]), hidden (the carried state of every stream), val_bpc, history, corpus
+Writes are atomic (temporary file, fsync, rename), so a crash never leaves half a checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from training.errors import BadCheckpointError
+from training.models import ModelConfig, build_model
+
+FORMAT = "mimic-checkpoint"
+VERSION = 1
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"format": FORMAT, "version": VERSION, **payload}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise BadCheckpointError(f"{path}: no such checkpoint file")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises many types for a damaged file
+        raise BadCheckpointError(f"{path}: not a readable Mimic checkpoint ({type(exc).__name__}); "
+                                 "was it truncated or written by another program?") from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise BadCheckpointError(f"{path}: not a Mimic checkpoint")
+    if ckpt.get("version", 0) > VERSION:
+        raise BadCheckpointError(f"{path}: written by a newer Mimic (checkpoint version {ckpt['version']})")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict[str, Any]) -> tuple[torch.nn.Module, ModelConfig]:
+    """Rebuild the model a checkpoint describes, in eval mode, on the CPU."""
+    try:
+        cfg = ModelConfig.from_dict(ckpt["model_config"])
+        model = build_model(cfg)
+        model.load_state_dict(ckpt["model"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise BadCheckpointError(f"the checkpoint does not describe a model this Mimic can build: {exc}") from exc
+    return model.eval(), cfg

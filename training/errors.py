@@ -1,0 +1,28 @@
+"""Errors raised by training/ for bad input; the CLI maps them to one line and exit code 2.
+
+TrainingError
+ ├── BadInputError          a file is missing, empty, unreadable or too short
+ ├── BadCheckpointError     a checkpoint cannot be read or does not describe a model
+ ├── BadExportError         a chat export is not what it claims to be
+ └── EmptyCorpusError       nothing is left to train on after filtering
+"""
+
+
+class TrainingError(Exception):
+    """Root of every error training/ raises on purpose."""
+
+
+class BadInputError(TrainingError):
+    pass
+
+
+class BadCheckpointError(TrainingError):
+    pass
+
+
+class BadExportError(TrainingError):
+    pass
+
+
+class EmptyCorpusError(TrainingError):
+    pass

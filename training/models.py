@@ -1,0 +1,197 @@
+"""The byte-level character models: the seed's Darknet RNN, a GRU and an LSTM.
+
+Every model maps `tokens` (B, T) int64 bytes and a hidden `state` (S, B, H) to `logits` (B, T, 256) and the
+new state, so training, export and the engine all see one shape contract. S is the number of state rows:
+`layers` for darknet-rnn and gru, `2 * layers` for lstm (all h rows, then all c rows).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+VOCAB_SIZE = 256  # raw bytes, like Darknet's inputs=256 one-hot
+ARCHS = ("gru", "lstm", "darknet-rnn")
+LEAKY_SLOPE = 0.1  # Darknet's leaky activation
+BN_MOMENTUM = 0.01  # Darknet: rolling = 0.99 * rolling + 0.01 * batch statistic
+BN_INFER_EPS = 1e-6  # Darknet's CPU inference adds eps to the std, not the variance
+BN_TRAIN_EPS = 1e-5
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str = "gru"
+    hidden: int = 512
+    layers: int = 1
+    dropout: float = 0.0
+    vocab: int = VOCAB_SIZE
+    batch_norm: bool = True  # darknet-rnn only, as in cfg/rnn.cfg
+    activation: str = "leaky"  # darknet-rnn recurrent modules: leaky | linear | relu | tanh | logistic
+    final_activation: str = "leaky"  # darknet-rnn's last [connected]; cfg/rnn.cfg says leaky
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise ValueError(f"unknown architecture {self.arch!r}; choose one of {', '.join(ARCHS)}")
+        if self.hidden < 1 or self.layers < 1:
+            raise ValueError("hidden and layers must be at least 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError("dropout must be in [0, 1)")
+        for act in (self.activation, self.final_activation):
+            if act not in ACTIVATIONS:
+                raise ValueError(f"unknown activation {act!r}; choose one of {', '.join(ACTIVATIONS)}")
+
+    @property
+    def state_rows(self) -> int:
+        return 2 * self.layers if self.arch == "lstm" else self.layers
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+ACTIVATIONS = {
+    "leaky": lambda x: F.leaky_relu(x, LEAKY_SLOPE),
+    "linear": lambda x: x,
+    "relu": F.relu,
+    "tanh": torch.tanh,
+    "logistic": torch.sigmoid,
+}
+
+
+class DarknetBatchNorm(nn.Module):
+    """Darknet's batch norm: batch statistics in training, rolling ones at inference, (x - m) / (sqrt(v) + 1e-6)."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.scales = nn.Parameter(torch.ones(n))
+        self.biases = nn.Parameter(torch.zeros(n))
+        self.register_buffer("rolling_mean", torch.zeros(n))
+        self.register_buffer("rolling_variance", torch.ones(n))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:  # z: (N, n)
+        if self.training and z.shape[0] > 1:
+            mean = z.mean(0)
+            var = z.var(0, unbiased=False)
+            zhat = (z - mean) / torch.sqrt(var + BN_TRAIN_EPS)
+            with torch.no_grad():
+                unbiased = var * z.shape[0] / (z.shape[0] - 1)
+                self.rolling_mean.lerp_(mean.float(), BN_MOMENTUM)
+                self.rolling_variance.lerp_(unbiased.float(), BN_MOMENTUM)
+        else:
+            zhat = (z - self.rolling_mean) / (torch.sqrt(self.rolling_variance) + BN_INFER_EPS)
+        return zhat * self.scales + self.biases
+
+
+class DarknetConnected(nn.Module):
+    """Darknet's [connected] layer: W x, then batch norm (whose beta is the bias) or a bias, then the activation."""
+
+    def __init__(self, n_in: int, n_out: int, batch_norm: bool, activation: str):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n_out, n_in).uniform_(-1, 1) * (2.0 / n_in) ** 0.5)
+        self.bn = DarknetBatchNorm(n_out) if batch_norm else None
+        self.bias = None if batch_norm else nn.Parameter(torch.zeros(n_out))
+        self.act = ACTIVATIONS[activation]
+
+    def _finish(self, z: torch.Tensor) -> torch.Tensor:  # z: (..., n_out)
+        if self.bn is not None:
+            z = self.bn(z.reshape(-1, z.shape[-1])).reshape(z.shape)
+        else:
+            z = z + self.bias
+        return self.act(z)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._finish(x @ self.weight.t())
+
+    def forward_one_hot(self, tokens: torch.Tensor) -> torch.Tensor:
+        # W @ one_hot(c) is column c of W: a lookup, not a 256-wide product.
+        return self._finish(F.embedding(tokens, self.weight.t()))
+
+
+class DarknetRNNLayer(nn.Module):
+    """Darknet's [rnn]: h_t = act(BN(W_in x_t)) + act(BN(W_self h_{t-1})); y_t = act(BN(W_out h_t))."""
+
+    def __init__(self, n_in: int, hidden: int, batch_norm: bool, activation: str, one_hot_input: bool):
+        super().__init__()
+        self.input_layer = DarknetConnected(n_in, hidden, batch_norm, activation)
+        self.self_layer = DarknetConnected(hidden, hidden, batch_norm, activation)
+        self.output_layer = DarknetConnected(hidden, hidden, batch_norm, activation)
+        self.one_hot_input = one_hot_input
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # x: (B, T) tokens or (B, T, n_in); h: (B, H)
+        a = self.input_layer.forward_one_hot(x) if self.one_hot_input else self.input_layer(x)  # (B, T, H)
+        states = []
+        for t in range(a.shape[1]):  # the recurrence is sequential; the two projections around it are not
+            h = a[:, t] + self.self_layer(h)
+            states.append(h)
+        hs = torch.stack(states, dim=1)  # (B, T, H)
+        return self.output_layer(hs), h
+
+
+class DarknetRNN(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.rnns = nn.ModuleList(
+            DarknetRNNLayer(cfg.vocab if i == 0 else cfg.hidden, cfg.hidden, cfg.batch_norm, cfg.activation, i == 0)
+            for i in range(cfg.layers)
+        )
+        self.drop = nn.Dropout(cfg.dropout)
+        self.head = DarknetConnected(cfg.hidden, cfg.vocab, batch_norm=False, activation=cfg.final_activation)
+
+    def forward(self, tokens: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x, new_state = tokens, []
+        for i, rnn in enumerate(self.rnns):
+            x, h = rnn(x, state[i])
+            x = self.drop(x)
+            new_state.append(h)
+        return self.head(x), torch.stack(new_state)
+
+
+class GRUModel(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab, cfg.hidden)
+        self.rnn = nn.GRU(cfg.hidden, cfg.hidden, cfg.layers, batch_first=True,
+                          dropout=cfg.dropout if cfg.layers > 1 else 0.0)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.head = nn.Linear(cfg.hidden, cfg.vocab)
+
+    def forward(self, tokens: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y, h = self.rnn(self.drop(self.embed(tokens)), state)  # y: (B, T, H), h: (L, B, H)
+        return self.head(self.drop(y)), h
+
+
+class LSTMModel(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab, cfg.hidden)
+        self.rnn = nn.LSTM(cfg.hidden, cfg.hidden, cfg.layers, batch_first=True,
+                           dropout=cfg.dropout if cfg.layers > 1 else 0.0)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.head = nn.Linear(cfg.hidden, cfg.vocab)
+
+    def forward(self, tokens: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h0, c0 = state.chunk(2)  # state: (2L, B, H) = h rows then c rows
+        y, (h, c) = self.rnn(self.drop(self.embed(tokens)), (h0.contiguous(), c0.contiguous()))
+        return self.head(self.drop(y)), torch.cat([h, c])
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    return {"gru": GRUModel, "lstm": LSTMModel, "darknet-rnn": DarknetRNN}[cfg.arch](cfg)
+
+
+def initial_state(cfg: ModelConfig, batch: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    return torch.zeros(cfg.state_rows, batch, cfg.hidden, device=device)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,321 @@
+"""Train a character model: truncated BPTT over parallel streams, AdamW, clipping, warm-up + cosine decay.
+
+Runs on one CPU or GPU, or under `torchrun` with DistributedDataParallel (gloo on CPUs, NCCL on GPUs):
+each rank reads its own streams of the text and rank 0 evaluates, checkpoints and reports progress.
+Progress goes to a callback; nothing here draws or prints.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from training.checkpoint import load_checkpoint, save_checkpoint
+from training.errors import BadCheckpointError, BadInputError
+from training.models import ModelConfig, build_model, count_parameters, initial_state
+from training.textdata import BITS_PER_NAT, StreamBatcher, eval_streams, split_holdout
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int | None = None  # this run stops after this many steps (more steps, when resuming) ...
+    time_budget: float | None = None  # ... or after this many seconds, whichever comes first
+    batch_size: int = 32  # parallel streams per rank
+    seq_len: int = 128  # BPTT window
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.05
+    warmup_steps: int = 50
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    eval_every: int = 200
+    eval_chars: int = 65_536  # periodic evaluations read this much held-out text; the final one reads all
+    checkpoint_every: int = 500
+    valid_fraction: float = 0.05
+    seed: int = 1337
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto (bf16 autocast on CUDA) | fp32 | bf16
+    threads: int | None = None  # torch intra-op threads; None: half the cores
+
+    def __post_init__(self) -> None:
+        if self.steps is None and self.time_budget is None:
+            raise BadInputError("give --steps or --time-budget")
+        if self.steps is not None and self.steps < 1:
+            raise BadInputError("--steps must be at least 1")
+        if self.time_budget is not None and self.time_budget <= 0:
+            raise BadInputError("--time-budget must be positive")
+        if self.batch_size < 1 or self.seq_len < 1:
+            raise BadInputError("--batch-size and --seq-len must be at least 1")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise BadInputError(f"unknown device {self.device!r}; use auto, cpu or cuda")
+
+
+@dataclass
+class Progress:
+    step: int
+    total_steps: int | None
+    elapsed: float
+    time_budget: float | None
+    loss: float  # mean nats per character of the last step
+    chars_per_sec: float
+    val_bpc: float | None = None  # set on the steps that evaluated
+    lr: float = 0.0
+
+    @property
+    def bpc(self) -> float:
+        return self.loss * BITS_PER_NAT
+
+    @property
+    def fraction_done(self) -> float:
+        parts = []
+        if self.total_steps:
+            parts.append(self.step / self.total_steps)
+        if self.time_budget:
+            parts.append(self.elapsed / self.time_budget)
+        return min(1.0, max(parts)) if parts else 0.0
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path
+    step: int
+    val_bpc: float
+    elapsed: float
+    chars_per_sec: float
+    parameters: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    device: str = "cpu"
+    interrupted: bool = False
+
+
+def default_threads() -> int:
+    """Half the cores: on a shared 2-core machine an oversubscribed pool makes an RNN many times slower."""
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
+def lr_at(step: int, time_progress: float, cfg: TrainConfig) -> float:
+    """Linear warm-up over `warmup_steps`, then a decay to `min_lr_ratio * lr`.
+
+    With a time budget the decay is a cosine over the budget, so the rate is lowest when time runs out.
+    With only a step count it is an inverse square root of the step, which does not depend on how many
+    steps are planned: N steps, then a resume for N more, follow the same rates as 2N steps in one go.
+    """
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.time_budget:
+        cosine = 0.5 * (1.0 + math.cos(math.pi * min(1.0, time_progress)))
+        return cfg.lr * (cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * cosine)
+    return cfg.lr * max(cfg.min_lr_ratio, math.sqrt(max(1, cfg.warmup_steps) / (step + 1)))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise BadInputError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+    return torch.device(name)
+
+
+@torch.no_grad()
+def evaluate_bpc(model: torch.nn.Module, cfg: ModelConfig, text: bytes, device: torch.device,
+                 max_chars: int | None = None, window: int = 256) -> float:
+    """Bits per character of `model` on `text`, read as many parallel streams with the state carried."""
+    streams = torch.from_numpy(eval_streams(text, max_chars=max_chars)).to(device)  # (E, L)
+    was_training = model.training
+    model.eval()
+    state = initial_state(cfg, streams.shape[0], device)
+    total, count = 0.0, 0
+    for start in range(0, streams.shape[1] - 1, window):
+        x = streams[:, start:start + window]
+        y = streams[:, start + 1:start + window + 1]
+        x = x[:, :y.shape[1]]
+        logits, state = model(x, state)
+        total += F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum").item()
+        count += y.numel()
+    model.train(was_training)
+    return total / max(1, count) * BITS_PER_NAT
+
+
+class _Distributed:
+    """What this process is under torchrun; a no-op on a single process."""
+
+    def __init__(self, device_name: str):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.active = self.world > 1
+        if self.active and not dist.is_initialized():
+            use_cuda = device_name != "cpu" and torch.cuda.is_available()
+            dist.init_process_group("nccl" if use_cuda else "gloo")
+        self.device = resolve_device(device_name)
+        if self.active and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.local_rank)
+            torch.cuda.set_device(self.device)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def any(self, flag: bool) -> bool:
+        if not self.active:
+            return flag
+        t = torch.tensor([int(flag)], device=self.device if self.device.type == "cuda" else "cpu")
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
+    def gather(self, t: torch.Tensor) -> torch.Tensor:
+        """Stack every rank's tensor along a new first axis (for the carried hidden state)."""
+        if not self.active:
+            return t.unsqueeze(0)
+        parts = [torch.empty_like(t) for _ in range(self.world)]
+        dist.all_gather(parts, t.contiguous())
+        return torch.stack(parts)
+
+    def close(self) -> None:
+        if self.active and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def train(
+    text: bytes,
+    model_cfg: ModelConfig,
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    *,
+    valid_text: bytes | None = None,
+    resume: str | Path | None = None,
+    init_from: str | Path | None = None,
+    corpus_info: dict[str, Any] | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+) -> TrainResult:
+    """Train on `text` (the last `valid_fraction` held out unless `valid_text` is given) and checkpoint to out_dir.
+
+    `resume` continues a run exactly (same weights as an uninterrupted run on the CPU); `init_from` starts a
+    new run from another checkpoint's weights (a warm start for nightly fine-tuning).
+    """
+    torch.set_num_threads(cfg.threads or default_threads())
+    ddp = _Distributed(cfg.device)
+    device = ddp.device
+    out_dir = Path(out_dir)
+    if valid_text is None:
+        text, valid_text = split_holdout(text, cfg.valid_fraction)
+    batcher = StreamBatcher(text, cfg.batch_size, cfg.seq_len, ddp.rank, ddp.world)
+
+    ckpt = load_checkpoint(resume) if resume else None
+    if ckpt is not None:
+        model_cfg = ModelConfig.from_dict(ckpt["model_config"])
+    torch.manual_seed(cfg.seed)
+    model = build_model(model_cfg).to(device)
+    if init_from is not None:
+        warm = load_checkpoint(init_from)
+        if warm["model_config"] != model_cfg.to_dict():
+            raise BadCheckpointError(f"{init_from}: its model ({warm['model_config']['arch']}, hidden "
+                                     f"{warm['model_config']['hidden']}) differs from the one asked for")
+        model.load_state_dict(warm["model"])
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, betas=(0.9, 0.99), fused=device.type == "cuda")
+    step, elapsed_before, history = 0, 0.0, []
+    hidden = initial_state(model_cfg, batcher.streams, device)
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        step, elapsed_before = ckpt["step"], ckpt["schedule"]["elapsed"]
+        history = list(ckpt.get("history", []))
+        _set_rng_state(ckpt["rng"], device)
+        saved = ckpt.get("hidden")
+        if saved is not None and saved.shape[0] == ddp.world and saved.shape[2] == batcher.streams:
+            hidden = saved[ddp.rank].to(device)
+    net = torch.nn.parallel.DistributedDataParallel(model) if ddp.active else model
+    amp = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+
+    def checkpoint(val_bpc: float | None) -> Path:
+        all_hidden = ddp.gather(hidden)
+        path = out_dir / "last.pt"
+        if ddp.is_main:
+            save_checkpoint(path, {
+                "model_config": model_cfg.to_dict(), "train_config": asdict(cfg),
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "schedule": {"elapsed": elapsed_before + time.monotonic() - t0, "lr": lr},
+                "step": step, "rng": _rng_state(device), "hidden": all_hidden.cpu(),
+                "val_bpc": val_bpc, "history": history, "corpus": corpus_info or {},
+                "device": str(device), "parameters": count_parameters(model),
+            })
+        return path
+
+    model.train()
+    first_step = step
+    t0 = time.monotonic()
+    lr, last_val, loss_value, interrupted = cfg.lr, None, float("nan"), False
+    try:
+        while True:
+            spent = time.monotonic() - t0
+            time_progress = spent / cfg.time_budget if cfg.time_budget else 0.0
+            done = (cfg.steps is not None and step - first_step >= cfg.steps) or time_progress >= 1.0
+            if ddp.any(done):
+                break
+            lr = lr_at(step, time_progress, cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            batch = batcher.batch(step)
+            if batch.reset:
+                hidden = initial_state(model_cfg, batcher.streams, device)
+            x = torch.from_numpy(batch.x).to(device, non_blocking=True)
+            y = torch.from_numpy(batch.y).to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                logits, hidden = net(x, hidden)
+                loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
+            hidden = hidden.detach().float()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            step += 1
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                raise BadInputError(f"training diverged at step {step} (loss {loss_value}); try a lower --lr")
+            val = None
+            if ddp.is_main and cfg.eval_every and step % cfg.eval_every == 0:
+                val = last_val = evaluate_bpc(model, model_cfg, valid_text, device, cfg.eval_chars)
+            if ddp.is_main:
+                history.append({"step": step, "loss": loss_value, **({"val_bpc": val} if val is not None else {})})
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                checkpoint(last_val)
+            if on_progress and ddp.is_main:
+                spent = time.monotonic() - t0
+                rate = batcher.chars_per_step * ddp.world * (step - first_step) / max(spent, 1e-9)
+                on_progress(Progress(step - first_step, cfg.steps, spent, cfg.time_budget, loss_value, rate, val, lr))
+    except KeyboardInterrupt:
+        interrupted = True  # fall through: save what we have, then let the caller report it
+    spent = time.monotonic() - t0
+    final_val = evaluate_bpc(model, model_cfg, valid_text, device) if ddp.is_main else float("nan")
+    if ddp.is_main and history:
+        history[-1]["val_bpc"] = final_val
+    path = checkpoint(final_val)
+    ddp.close()
+    return TrainResult(path, step, final_val, elapsed_before + spent,
+                       batcher.chars_per_step * ddp.world * (step - first_step) / max(spent, 1e-9),
+                       count_parameters(model), history, str(device), interrupted)
