@@ -13,17 +13,12 @@ import sys
 from bot import cli_core, cli_data, cli_models, cli_serve
 from bot.errors import ConfigError, UsageError
 from engine.errors import EngineError
+from export.errors import ExportError
+from training.errors import TrainingError
 
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Our own error roots; training/ and export/ are only importable where torch-side extras are installed."""
-    errors: list[type[BaseException]] = [ConfigError, UsageError, EngineError]
-    for module, name in (("training.errors", "TrainingError"), ("export.errors", "ExportError")):
-        try:
-            errors.append(getattr(__import__(module, fromlist=[name]), name))
-        except ImportError:  # pragma: no cover - both are plain modules, present in every install
-            pass
-    return tuple(errors)
+# Our own error roots: a bad input or setting, reported as one line and exit code 2. Anything else is a
+# bug and keeps its traceback. (The errors modules are plain Python, so importing them costs no torch.)
+USER_ERRORS = (ConfigError, UsageError, EngineError, TrainingError, ExportError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return int(args.run(args) or 0)
-    except _user_errors() as exc:
+    except USER_ERRORS as exc:
         print(f"mimic: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

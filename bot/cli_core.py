@@ -71,6 +71,8 @@ def run_train(args: argparse.Namespace) -> int:
                                              export=not args.no_export, on_progress=bar)
     finally:
         bar.close()
+    if not result.is_main:  # another rank of a torchrun job: rank 0 reports
+        return 0
     print(f"mimic: {result.step} steps, {result.chars_per_sec:,.0f} chars/s, held-out {result.val_bpc:.3f} bits/char; "
           f"checkpoint {result.checkpoint}", file=sys.stderr)
     if result.interrupted:

@@ -51,7 +51,7 @@ def train_and_export(data: TrainingData, model_cfg: Any, train_cfg: Any, out_dir
         info.setdefault("train_chars", len(data.train))
     result = train(data.train, model_cfg, train_cfg, out_dir, valid_text=data.valid, resume=resume,
                    init_from=init_from, corpus_info=info, on_progress=on_progress)
-    if result.interrupted or not export or result.step == 0:
+    if result.interrupted or not export or result.step == 0 or not result.is_main:
         return result, None
     report = export_checkpoint(result.checkpoint, Path(out_dir) / "model.onnx")
     return result, report.path

@@ -99,10 +99,7 @@ class DarknetConnected(nn.Module):
         self.act = ACTIVATIONS[activation]
 
     def _finish(self, z: torch.Tensor) -> torch.Tensor:  # z: (..., n_out)
-        if self.bn is not None:
-            z = self.bn(z.reshape(-1, z.shape[-1])).reshape(z.shape)
-        else:
-            z = z + self.bias
+        z = self.bn(z.reshape(-1, z.shape[-1])).reshape(z.shape) if self.bn is not None else z + self.bias
         return self.act(z)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

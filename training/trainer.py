@@ -94,6 +94,7 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     device: str = "cpu"
     interrupted: bool = False
+    is_main: bool = True  # False on the other ranks of a torchrun job
 
 
 def default_threads() -> int:
@@ -262,7 +263,7 @@ def train(
                 "schedule": {"elapsed": elapsed_before + time.monotonic() - t0, "lr": lr},
                 "step": step, "rng": _rng_state(device), "hidden": all_hidden.cpu(),
                 "val_bpc": val_bpc, "history": history, "corpus": corpus_info or {},
-                "device": str(device), "parameters": count_parameters(model),
+                "device": str(device), "parameters": count_parameters(model), "world_size": ddp.world,
             })
         return path
 
@@ -318,4 +319,4 @@ def train(
     ddp.close()
     return TrainResult(path, step, final_val, elapsed_before + spent,
                        batcher.chars_per_step * ddp.world * (step - first_step) / max(spent, 1e-9),
-                       count_parameters(model), history, str(device), interrupted)
+                       count_parameters(model), history, str(device), interrupted, ddp.is_main)

@@ -1,0 +1,85 @@
+"""`mimic train/export/generate/eval` through the real entry point: outputs, exit codes, one-line errors."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bot.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bot.cli", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, needle: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("mimic:")]
+    assert len(lines) == 1 and needle in lines[0], proc.stderr
+
+
+def test_generate_prints_seed_then_text_and_nothing_else(tiny_model: Path) -> None:
+    proc = run_cli("generate", str(tiny_model), "-len", "50", "-seed", "the quick", "-srand", "0", "-temp", "0.05")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("the quick brown fox")
+    assert proc.stdout.endswith("\n")
+
+
+def test_darknet_and_double_dash_flags_agree(tiny_model: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["generate", str(tiny_model), "-len", "40", "-seed", "fox", "-srand", "9", "-temp", "0.9"]) == 0
+    single = capsys.readouterr().out
+    assert main(["generate", str(tiny_model), "--len", "40", "--seed", "fox", "--srand", "9", "--temp", "0.9"]) == 0
+    assert capsys.readouterr().out == single
+
+
+def test_seed_escape_newline(tiny_model: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["generate", str(tiny_model), "-len", "5", "-seed", "a\\nb", "-srand", "1"]) == 0
+    assert capsys.readouterr().out.startswith("a\nb")
+
+
+def test_eval_reports_bits_per_char(tiny_model: Path, repeated_text_file: Path, capsys) -> None:
+    assert main(["eval", str(tiny_model), str(repeated_text_file)]) == 0
+    bpc = float(capsys.readouterr().out.split()[0])
+    assert 0 <= bpc < 1.0  # the model has memorised this text
+
+
+def test_export_rebuilds_the_same_model(tiny_run: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "again.onnx"
+    assert main(["export", str(tiny_run / "last.pt"), str(out)]) == 0
+    assert main(["generate", str(out), "-len", "60", "-srand", "4"]) == 0
+    again = capsys.readouterr().out
+    assert main(["generate", str(tiny_run / "model.onnx"), "-len", "60", "-srand", "4"]) == 0
+    assert capsys.readouterr().out == again
+
+
+def test_train_accepts_darknets_file_flag(repeated_text_file: Path, tmp_path: Path) -> None:
+    rc = main(["train", "-file", str(repeated_text_file), "--hidden", "8", "--steps", "2", "--batch-size", "2",
+               "--seq-len", "8", "--threads", "1", "--out", str(tmp_path / "r")])
+    assert rc == 0 and (tmp_path / "r" / "model.onnx").is_file() and (tmp_path / "r" / "last.pt").is_file()
+
+
+@pytest.mark.parametrize("make,args,needle", [
+    (None, ["train", "{tmp}/missing.txt", "--steps", "1"], "no such file"),
+    ("empty", ["train", "{tmp}/empty.txt", "--steps", "1"], "empty"),
+    ("dir", ["train", "{tmp}/adir", "--steps", "1"], "directory"),
+    ("short", ["train", "{tmp}/short.txt", "--steps", "1"], "shorter than one training window"),
+    ("short", ["train", "{tmp}/short.txt", "--steps", "1", "--arch", "transformer"], "unknown architecture"),
+    ("garbage", ["export", "{tmp}/garbage.pt", "{tmp}/o.onnx"], "not a readable Mimic checkpoint"),
+    ("garbage", ["generate", "{tmp}/garbage.pt"], "not a valid ONNX model"),
+    (None, ["generate", "{tmp}/missing.onnx"], "no such model file"),
+    ("model", ["generate", "{model}", "-temp", "0"], "temperature"),
+    ("model", ["generate", "{model}", "-temp", "-1"], "temperature"),
+    ("model", ["eval", "{model}", "{tmp}/missing.txt"], "no such file"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, tiny_model: Path, make, args, needle) -> None:
+    (tmp_path / "empty.txt").write_bytes(b"")
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "short.txt").write_text("tiny")
+    (tmp_path / "garbage.pt").write_bytes(b"\x00garbage" * 10)
+    argv = [a.format(tmp=tmp_path, model=tiny_model) for a in args]
+    assert_one_line_error(run_cli(*argv), needle)
