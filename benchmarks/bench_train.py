@@ -43,6 +43,7 @@ def main() -> int:
     ap.add_argument("--params", type=float, default=1.8e6)
     ap.add_argument("--archs", default="gru,lstm,darknet-rnn")
     ap.add_argument("--layers", default="1,1,3", help="layers per arch, in the order of --archs")
+    ap.add_argument("--hidden", default=None, help="hidden size per arch instead of sizing by --params")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--lr", type=float, default=3e-3)
@@ -59,8 +60,10 @@ def main() -> int:
           f"python {platform.python_version()}; text {text_path.name} {len(text):,} bytes; budget {args.budget:.0f} s")
     print("| arch | layers | hidden | params | threads | batch x seq | steps | chars/s | held-out bits/char |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for arch, layers in zip(args.archs.split(","), map(int, args.layers.split(",")), strict=True):
-        cfg = sized(arch, args.params, layers)
+    archs, layers_list = args.archs.split(","), [int(x) for x in args.layers.split(",")]
+    hiddens = [int(x) for x in args.hidden.split(",")] if args.hidden else [None] * len(archs)
+    for arch, layers, hidden in zip(archs, layers_list, hiddens, strict=True):
+        cfg = ModelConfig(arch=arch, hidden=hidden, layers=layers) if hidden else sized(arch, args.params, layers)
         tcfg = TrainConfig(time_budget=args.budget, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
                            eval_every=0, checkpoint_every=0, threads=args.threads, device=args.device)
         with tempfile.TemporaryDirectory() as tmp:

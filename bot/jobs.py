@@ -6,7 +6,7 @@ except through files (a checkpoint in, an .onnx out).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,8 @@ class TrainingData:
     train: bytes
     valid: bytes | None  # None: the trainer holds out the end of `train`
     info: dict[str, Any]  # goes into the checkpoint and the ONNX metadata
+    # The training messages one by one, for the verbatim-copy index served beside a chat model.
+    messages: Callable[[], Iterable[str]] | None = None
 
 
 def text_file_data(path: str | Path) -> TrainingData:
@@ -28,13 +30,31 @@ def text_file_data(path: str | Path) -> TrainingData:
 
 def chat_store_data(db_path: str | Path, valid_fraction: float = 0.05, channels: list[str] | None = None) -> TrainingData:
     """The speaker-tagged corpus of a message store, held out by time (the most recent messages)."""
-    from training.corpus import LINE_BREAK, build_corpus
+    from training.corpus import LINE_BREAK, build_corpus, iter_training_texts
 
     corpus = build_corpus(db_path, valid_fraction=valid_fraction, channels=channels)
     train, valid = corpus.train_text.encode("utf-8"), corpus.valid_text.encode("utf-8")
-    info = {"kind": "chat", "line_break": LINE_BREAK, "speakers": corpus.speakers,
+    info = {"kind": "chat", "line_break": LINE_BREAK, "speakers": speaker_directory(db_path, corpus.speakers),
             "train_messages": corpus.train_messages, "valid_messages": corpus.valid_messages}
-    return TrainingData(train, valid or None, info)
+
+    def messages() -> Iterable[str]:
+        return (text for _, text in iter_training_texts(db_path, valid_fraction=valid_fraction, channels=channels))
+
+    return TrainingData(train, valid or None, info, messages)
+
+
+def speaker_directory(db_path: str | Path, counts: dict[str, int]) -> dict[str, dict[str, Any]]:
+    """Speaker -> message count and the names people know them by, so the engine can look them up
+    without the database (the ONNX metadata carries this)."""
+    from training.store import Store
+
+    out: dict[str, dict[str, Any]] = {}
+    with Store.open(db_path, create=False) as store:
+        for speaker, n in counts.items():
+            user = store.find_user(speaker)
+            out[speaker] = {"messages": n, "display_name": (user.display_name if user else None) or "",
+                            "real_name": (user.real_name if user else None) or ""}
+    return out
 
 
 def train_and_export(data: TrainingData, model_cfg: Any, train_cfg: Any, out_dir: str | Path, *,
@@ -54,4 +74,8 @@ def train_and_export(data: TrainingData, model_cfg: Any, train_cfg: Any, out_dir
     if result.interrupted or not export or result.step == 0 or not result.is_main:
         return result, None
     report = export_checkpoint(result.checkpoint, Path(out_dir) / "model.onnx")
+    if data.messages is not None:
+        from engine.copyindex import build_copy_index, index_path_for
+
+        build_copy_index(data.messages(), index_path_for(report.path))
     return result, report.path

@@ -17,6 +17,8 @@ from engine.errors import BadRequestError
 from engine.sampling import SamplingConfig, make_rng, sample_next
 from engine.session import ModelSession
 
+BYTES = [bytes([b]) for b in range(256)]
+
 
 class Utf8Stream:
     """Bytes in, text out: an incomplete UTF-8 sequence is held back until it completes; invalid bytes
@@ -38,7 +40,7 @@ class Utf8Stream:
 class Request:
     seed: bytes
     length: int
-    srand: int | None = None
+    srand: int | tuple[int, ...] | None = None  # a tuple seeds from several numbers (row, attempt)
     stop: bytes | None = None  # stop before emitting any of these bytes (e.g. b"\n": end of a chat message)
 
 
@@ -70,7 +72,7 @@ class Generator:
             out: list[bytes | None] = [None] * len(requests)
             keep = []
             for j, i in enumerate(live):
-                byte = bytes([int(nxt[j])])
+                byte = BYTES[nxt[j]]
                 stop = requests[i].stop
                 if stop is not None and byte in stop:
                     continue
@@ -81,8 +83,10 @@ class Generator:
             yield out
             if not keep:
                 return
-            live = [live[j] for j in keep]
-            logits, state = self.session.run(nxt[keep][:, None], state[:, keep])
+            if len(keep) < len(live):  # drop finished rows; the common case keeps them all and copies nothing
+                live = [live[j] for j in keep]
+                nxt, state = nxt[keep], state[:, keep]
+            logits, state = self.session.run(nxt[:, None], state)
             logits = logits[:, -1]
 
     def generate_bytes(self, requests: Sequence[Request], sampling: SamplingConfig) -> list[bytes]:

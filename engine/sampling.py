@@ -32,39 +32,49 @@ class SamplingConfig:
             raise BadRequestError(f"the probability cut-off must be in [0, 1), not {self.cutoff}")
 
 
-def make_rng(srand: int | None) -> np.random.Generator:
-    """A generator for one sequence; None draws a fresh seed from the OS."""
+def make_rng(srand: int | tuple[int, ...] | None) -> np.random.Generator:
+    """A generator for one sequence; None draws a fresh seed from the OS, a tuple mixes several numbers."""
     return np.random.Generator(np.random.PCG64(srand))
 
 
-def probabilities(logits: np.ndarray, cfg: SamplingConfig) -> np.ndarray:
-    """softmax(logits / T) with top-k, top-p and cut-off applied, in float64. logits: (B, V) -> (B, V)."""
-    z = logits.astype(np.float64) / cfg.temperature
-    z -= z.max(axis=-1, keepdims=True)
-    p = np.exp(z)
-    p /= np.cumsum(p, axis=-1)[:, -1:]
-    if cfg.cutoff:
-        p = np.where(p < cfg.cutoff, 0.0, p)
-    if cfg.top_k is not None and cfg.top_k < p.shape[-1]:
-        kth = -np.sort(-p, axis=-1)[:, cfg.top_k - 1:cfg.top_k]  # (B, 1): the k-th largest probability
-        p = np.where(p >= kth, p, 0.0)
+def weights(logits: np.ndarray, cfg: SamplingConfig) -> np.ndarray:
+    """Unnormalised softmax(logits / T) with cut-off, top-k and top-p applied, in float64: (B, V) -> (B, V).
+
+    Sampling needs only proportions, so the normalising division is skipped on the hot path.
+    """
+    z = logits.astype(np.float64)
+    w = np.exp((z - z.max(axis=-1, keepdims=True)) / cfg.temperature)
+    if cfg.cutoff or cfg.top_p is not None:
+        total = np.cumsum(w, axis=-1)[:, -1:]
+        if cfg.cutoff:
+            w = np.where(w < cfg.cutoff * total, 0.0, w)
+    if cfg.top_k is not None and cfg.top_k < w.shape[-1]:
+        kth = -np.sort(-w, axis=-1)[:, cfg.top_k - 1:cfg.top_k]  # (B, 1): the k-th largest weight
+        w = np.where(w >= kth, w, 0.0)
     if cfg.top_p is not None and cfg.top_p < 1:
-        order = np.argsort(-p, axis=-1, kind="stable")
-        sorted_p = np.take_along_axis(p, order, axis=-1)
-        before = np.cumsum(sorted_p, axis=-1) - sorted_p  # mass of the bytes ranked above each one
-        keep_sorted = before < cfg.top_p * np.cumsum(sorted_p, axis=-1)[:, -1:]
+        order = np.argsort(-w, axis=-1, kind="stable")
+        sorted_w = np.take_along_axis(w, order, axis=-1)
+        before = np.cumsum(sorted_w, axis=-1) - sorted_w  # mass of the bytes ranked above each one
+        keep_sorted = before < cfg.top_p * np.cumsum(sorted_w, axis=-1)[:, -1:]
         keep = np.zeros_like(keep_sorted)
         np.put_along_axis(keep, order, keep_sorted, axis=-1)
-        p = np.where(keep, p, 0.0)
-    return p
+        w = np.where(keep, w, 0.0)
+    return w
+
+
+def probabilities(logits: np.ndarray, cfg: SamplingConfig) -> np.ndarray:
+    """The distribution a byte is drawn from: (B, V), rows summing to 1."""
+    w = weights(logits, cfg)
+    return w / np.cumsum(w, axis=-1)[:, -1:]
 
 
 def sample_next(logits: np.ndarray, rngs: list[np.random.Generator], cfg: SamplingConfig) -> np.ndarray:
     """One byte per row of `logits` (B, V), row i drawn with rngs[i]. Returns (B,) int64."""
-    p = probabilities(logits, cfg)
-    cdf = np.cumsum(p, axis=-1)  # sequential, so identical on every platform
-    u = np.array([rng.random() for rng in rngs]) * cdf[:, -1]
-    idx = np.array([np.searchsorted(cdf[i], u[i], side="right") for i in range(len(rngs))], dtype=np.int64)
-    # A draw can land on the total itself only by rounding; it then belongs to the last byte with mass.
-    last_nonzero = p.shape[-1] - 1 - np.argmax((p > 0)[:, ::-1], axis=-1)
-    return np.minimum(idx, last_nonzero)
+    w = weights(logits, cfg)
+    cdf = np.cumsum(w, axis=-1)  # sequential, so identical on every platform
+    u = np.array([rng.random() for rng in rngs]) * cdf[:, -1]  # (B,)
+    idx = (cdf <= u[:, None]).sum(axis=-1)  # the first byte whose cumulative mass exceeds u
+    if (idx >= w.shape[-1]).any():  # u landed on the total itself by rounding: take the last byte with mass
+        last = w.shape[-1] - 1 - np.argmax((w > 0)[:, ::-1], axis=-1)
+        idx = np.minimum(idx, last)
+    return idx

@@ -63,6 +63,7 @@ class ModelSession:
         self.hidden = int(self.metadata["hidden"])
         self.vocab = int(self.metadata.get("vocab", "256"))
         self.providers = self._session.get_providers()
+        self._outputs = ["logits", "state_out"]
 
     @staticmethod
     def _read(path: Path) -> bytes:
@@ -92,8 +93,9 @@ class ModelSession:
 
     def run(self, tokens: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """tokens (B, T) int64, state (S, B, H) -> logits (B, T, V), state (S, B, H)."""
-        logits, new_state = self._session.run(
-            ["logits", "state_out"], {"tokens": np.ascontiguousarray(tokens, dtype=np.int64), "state_in": state})
+        if tokens.dtype != np.int64:
+            tokens = tokens.astype(np.int64)
+        logits, new_state = self._session.run(self._outputs, {"tokens": tokens, "state_in": state})
         return logits, new_state
 
     def meta_json(self, key: str, default: Any = None) -> Any:

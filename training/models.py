@@ -65,7 +65,12 @@ ACTIVATIONS = {
 
 
 class DarknetBatchNorm(nn.Module):
-    """Darknet's batch norm: batch statistics in training, rolling ones at inference, (x - m) / (sqrt(v) + 1e-6)."""
+    """Darknet's batch norm: batch statistics in training, rolling ones at inference, (x - m) / (sqrt(v) + 1e-6).
+
+    Darknet's rolling statistics are an EMA with weight 0.01 starting from zero, which takes thousands of
+    updates to settle; a short run would then evaluate with unsettled statistics. Until 1/n drops below
+    0.01 we use the cumulative average (weight 1/n) instead, then Darknet's EMA.
+    """
 
     def __init__(self, n: int):
         super().__init__()
@@ -73,6 +78,7 @@ class DarknetBatchNorm(nn.Module):
         self.biases = nn.Parameter(torch.zeros(n))
         self.register_buffer("rolling_mean", torch.zeros(n))
         self.register_buffer("rolling_variance", torch.ones(n))
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:  # z: (N, n)
         if self.training and z.shape[0] > 1:
@@ -80,12 +86,19 @@ class DarknetBatchNorm(nn.Module):
             var = z.var(0, unbiased=False)
             zhat = (z - mean) / torch.sqrt(var + BN_TRAIN_EPS)
             with torch.no_grad():
+                self.updates += 1
+                weight = max(BN_MOMENTUM, 1.0 / float(self.updates))
                 unbiased = var * z.shape[0] / (z.shape[0] - 1)
-                self.rolling_mean.lerp_(mean.float(), BN_MOMENTUM)
-                self.rolling_variance.lerp_(unbiased.float(), BN_MOMENTUM)
+                self.rolling_mean.lerp_(mean.float(), weight)
+                self.rolling_variance.lerp_(unbiased.float(), weight)
         else:
             zhat = (z - self.rolling_mean) / (torch.sqrt(self.rolling_variance) + BN_INFER_EPS)
         return zhat * self.scales + self.biases
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001 - torch's signature
+        # Darknet .weights files carry no update count: their statistics are settled.
+        state_dict.setdefault(prefix + "updates", torch.tensor(1_000_000))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 class DarknetConnected(nn.Module):

@@ -8,25 +8,25 @@ import torch
 from engine.session import ModelSession
 from export.errors import ExportError, ParityError
 from export.onnx_export import export_checkpoint, export_model, model_metadata
-from training.checkpoint import save_checkpoint
-from training.models import ModelConfig, build_model, initial_state
+from training.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from training.models import ModelConfig, build_model
+from training.trainer import TrainConfig, train
 
 ARCHS = [("gru", 2, True), ("lstm", 2, True), ("darknet-rnn", 3, True), ("darknet-rnn", 2, False)]
 
 
-def _trained_ish(cfg: ModelConfig) -> torch.nn.Module:
-    """A model with non-trivial batch-norm statistics, as after training."""
-    torch.manual_seed(0)
-    model = build_model(cfg).train()
-    with torch.no_grad():
-        model(torch.randint(0, 256, (8, 12)), initial_state(cfg, 8))
-    return model.eval()
+def _trained_ish(cfg: ModelConfig, tmp_path: Path) -> torch.nn.Module:
+    """A briefly trained model: real batch-norm statistics, weights moved off their initial values."""
+    text = ("Now is the winter of our discontent made glorious summer. " * 40).encode()
+    result = train(text, cfg, TrainConfig(steps=25, batch_size=4, seq_len=16, threads=1, eval_every=0,
+                                          checkpoint_every=0), tmp_path / "train")
+    return model_from_checkpoint(load_checkpoint(result.checkpoint))[0]
 
 
 @pytest.mark.parametrize("arch,layers,bn", ARCHS)
 def test_export_matches_torch_for_prompt_and_step_shapes(tmp_path: Path, arch: str, layers: int, bn: bool) -> None:
     cfg = ModelConfig(arch=arch, hidden=24, layers=layers, batch_norm=bn)
-    model = _trained_ish(cfg)
+    model = _trained_ish(cfg, tmp_path)
     report = export_model(model, cfg, tmp_path / "m.onnx", model_metadata(cfg))
     assert report.max_abs_diff <= 1e-4
     session = ModelSession(report.path)

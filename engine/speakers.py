@@ -1,0 +1,79 @@
+"""Who a model can impersonate: the speaker list from the ONNX metadata, and lookup by any name a user types.
+
+Metadata `speakers` is JSON, either {"ztatlock": 1234, ...} (message counts) or
+{"ztatlock": {"messages": 1234, "display_name": "Zach", "real_name": "Zachary Tatlock"}, ...}.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+
+from engine.errors import OptedOutError, TooFewMessagesError, UnknownSpeakerError
+
+
+@dataclass(frozen=True)
+class Speaker:
+    name: str  # canonical speaker name, as in the corpus ("name: text")
+    messages: int
+    display_name: str = ""
+    real_name: str = ""
+    aliases: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def shown_name(self) -> str:
+        return self.display_name or self.real_name or self.name
+
+
+def _key(name: str) -> str:
+    return name.strip().lstrip("@").casefold()
+
+
+class SpeakerDirectory:
+    def __init__(self, speakers: dict[str, object] | None):
+        self.speakers: dict[str, Speaker] = {}
+        for name, info in (speakers or {}).items():
+            if isinstance(info, dict):
+                sp = Speaker(name, int(info.get("messages", 0)), str(info.get("display_name") or ""),
+                             str(info.get("real_name") or ""))
+            else:
+                sp = Speaker(name, int(info))
+            self.speakers[name] = sp
+        # Canonical names win over display names, which win over real names, when two people collide.
+        self._lookup: dict[str, Speaker] = {}
+        for attr in ("real_name", "display_name", "name"):
+            for sp in self.speakers.values():
+                value = getattr(sp, attr)
+                if value:
+                    self._lookup[_key(value)] = sp
+
+    def __len__(self) -> int:
+        return len(self.speakers)
+
+    def __iter__(self):
+        return iter(sorted(self.speakers.values(), key=lambda s: (-s.messages, s.name)))
+
+    def find(self, query: str) -> Speaker | None:
+        return self._lookup.get(_key(query))
+
+    def suggestions(self, query: str, n: int = 3) -> list[str]:
+        names = {_key(k): sp.name for k, sp in self._lookup.items()}
+        close = difflib.get_close_matches(_key(query), list(names), n=n * 2, cutoff=0.5)
+        out: list[str] = []
+        for c in close:
+            if names[c] not in out:
+                out.append(names[c])
+        return out[:n]
+
+    def resolve(self, query: str, *, opted_out: frozenset[str] = frozenset(), min_messages: int = 0) -> Speaker:
+        """The speaker `query` names, or a SpeakerError whose message can be shown to the user as it is."""
+        sp = self.find(query)
+        if sp is None:
+            hint = self.suggestions(query)
+            more = f"; did you mean {', '.join(hint)}?" if hint else "; try `who` for the list"
+            raise UnknownSpeakerError(f"no such person in the model: {query.strip()}{more}")
+        if sp.name in opted_out:
+            raise OptedOutError(f"{sp.shown_name} has opted out of being impersonated, sorry.")
+        if sp.messages < min_messages:
+            raise TooFewMessagesError(f"not enough messages from {sp.shown_name} yet ({sp.messages})")
+        return sp
