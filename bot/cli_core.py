@@ -84,6 +84,11 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from bot import darknet_cli
+
+    if args.darknet or darknet_cli.is_darknet_pair(args.paths):
+        print(f"mimic: {darknet_cli.export(args.paths, args.darknet)}", file=sys.stderr)
+        return 0
     from export.onnx_export import export_checkpoint
 
     if len(args.paths) != 2:
@@ -107,16 +112,15 @@ def unescape_seed(seed: str) -> str:
 
 
 def load_generator(paths: list[str]):
-    """A Generator for an .onnx model (one path)."""
+    """A Generator for an .onnx model (one path) or a Darknet CFG WEIGHTS pair (converted in memory)."""
+    from bot.darknet_cli import load_session
     from engine.generate import Generator
-    from engine.session import ModelSession
 
-    if len(paths) != 1:
-        raise UsageError("give one model: an .onnx file")
-    return Generator(ModelSession(paths[0]))
+    return Generator(load_session(paths))
 
 
 def run_generate(args: argparse.Namespace) -> int:
+    from bot import darknet_cli
     from engine.sampling import SamplingConfig
 
     SamplingConfig(args.temp, args.top_k, args.top_p)  # reject bad sampling options before loading anything
@@ -124,6 +128,9 @@ def run_generate(args: argparse.Namespace) -> int:
         raise UsageError("-len must be zero or more")
     generator = load_generator(args.model)
     seed = unescape_seed(args.seed)
+    if darknet_cli.is_darknet_model(generator.session):  # Darknet's semantics: cut-off, its sampler, raw bytes
+        darknet_cli.generate(generator.session, seed, args.len, args.temp, args.srand, args.top_k, args.top_p)
+        return 0
     out = sys.stdout
     out.write(seed)
     for piece in generator.stream(seed, args.len, args.temp, args.srand, args.top_k, args.top_p):
@@ -157,12 +164,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     _train_args(p)
     p.set_defaults(run=run_train)
 
-    p = sub.add_parser("export", help="convert a checkpoint to ONNX (parity-checked)")
-    p.add_argument("paths", nargs="+", metavar="PATH", help="CKPT OUT.onnx")
+    p = sub.add_parser("export", help="convert a checkpoint or Darknet files to ONNX (parity-checked)",
+                       description="CKPT OUT.onnx | CFG WEIGHTS OUT.onnx (Darknet files) | "
+                                   "CKPT OUT.weights --darknet (writes OUT.weights and OUT.cfg for Darknet)")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="CKPT OUT.onnx, or CFG WEIGHTS OUT.onnx")
+    p.add_argument("--darknet", action="store_true", help="write a darknet-rnn checkpoint as Darknet .weights + .cfg")
     p.set_defaults(run=run_export)
 
     p = sub.add_parser("generate", help="generate text from a model (Darknet's rnn generate)")
-    p.add_argument("model", nargs="+", metavar="MODEL", help="an .onnx model")
+    p.add_argument("model", nargs="+", metavar="MODEL", help="an .onnx model, or a Darknet CFG WEIGHTS pair")
     p.add_argument("-len", "--len", type=int, default=1000, help="bytes to generate (default 1000)")
     p.add_argument("-seed", "--seed", default="\n", help='text to start from (default "\\n")')
     p.add_argument("-srand", "--srand", type=int, default=None, help="random seed (default: a fresh one)")

@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
@@ -15,19 +10,11 @@ import numpy as np
 import torch
 
 from export.errors import ExportError
+from export.metadata import model_metadata, write_atomic
 from export.onnx_graph import build_onnx
 from export.parity import check_parity
 from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.models import ModelConfig
-
-FORMAT_VERSION = "1"
-
-
-def tool_version() -> str:
-    try:
-        return importlib_metadata.version("mimic")
-    except importlib_metadata.PackageNotFoundError:
-        return "0+unknown"
 
 
 @dataclass(frozen=True)
@@ -35,43 +22,6 @@ class ExportReport:
     path: Path
     max_abs_diff: float
     metadata: dict[str, str]
-
-
-def model_metadata(cfg: ModelConfig, **facts: Any) -> dict[str, str]:
-    """Everything the engine needs to serve the model without the database or the checkpoint.
-
-    Values are strings (ONNX metadata_props); structured ones (speakers) are JSON.
-    """
-    meta = {
-        "mimic_format": FORMAT_VERSION,
-        "arch": cfg.arch,
-        "hidden": str(cfg.hidden),
-        "layers": str(cfg.layers),
-        "vocab": str(cfg.vocab),
-        "vocabulary": "bytes",  # token i is the byte value i (UTF-8 text)
-        "state_rows": str(cfg.state_rows),
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "mimic_version": tool_version(),
-    }
-    for key, value in facts.items():
-        if value is None:
-            continue
-        meta[key] = value if isinstance(value, str) else json.dumps(value)
-    return meta
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def torch_reference(model: torch.nn.Module):
