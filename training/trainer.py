@@ -7,6 +7,7 @@ Progress goes to a callback; nothing here draws or prints.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -265,6 +266,10 @@ def train(
                 "val_bpc": val_bpc, "history": history, "corpus": corpus_info or {},
                 "device": str(device), "parameters": count_parameters(model), "world_size": ddp.world,
             })
+            # The training curve as plain JSON too, so plotting and reports need no torch.
+            (out_dir / "history.json").write_text(json.dumps(
+                {"model_config": model_cfg.to_dict(), "chars_per_step": batcher.chars_per_step * ddp.world,
+                 "history": history}))
         return path
 
     model.train()
