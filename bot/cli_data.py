@@ -1,7 +1,179 @@
-"""Placeholder: this group of subcommands is not written yet."""
+"""`mimic ingest`, `mimic history slack`, `mimic optout|optin|forget`, `mimic stats`: chat history in.
+
+Handlers parse, call one function in training/, print. Progress bars are drawn here from the callbacks
+training/ reports through; warnings come through logging on stderr.
+"""
+
+from __future__ import annotations
 
 import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from bot.errors import ConfigError, UsageError
+
+DEFAULT_DB = "data/mimic.db"
+
+
+class _ProgressBar:
+    """One tqdm bar per source (an export, a file, the Slack API), fed by IngestProgress events."""
+
+    def __init__(self, unit: str) -> None:
+        self.unit = unit
+        self.bar: Any = None
+        self.source: str | None = None
+
+    def __call__(self, p: Any) -> None:  # p: training.ingest_batch.IngestProgress
+        from bot.progress import counter
+
+        if p.source != self.source:
+            self.close()
+            self.source = p.source
+            self.bar = counter(os.path.basename(p.source.rstrip("/")) or p.source, self.unit, p.files_total)
+        self.bar.set_postfix(messages=p.messages, refresh=False)
+        self.bar.update(p.files_done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def __enter__(self) -> _ProgressBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def run_ingest(args: argparse.Namespace) -> int:
+    from training.ingest import ingest_paths
+    from training.store import Store
+
+    with Store.open(args.db) as store, _ProgressBar("files") as bar:
+        report = ingest_paths(store, args.paths, fmt=args.format, speaker=args.speaker, include_bots=args.include_bots,
+                              include_private=args.include_private, progress=bar)
+    print(report.summary())
+    return 0
+
+
+def run_history_slack(args: argparse.Namespace) -> int:
+    from training.history_slack import DEFAULT_API_URL, fetch_slack_history, slack_client
+    from training.store import Store
+
+    token = os.environ.get(args.token_env)  # secrets come from the environment only, never a flag
+    if not token:
+        raise ConfigError(f"{args.token_env} is not set; put the bot token (xoxb-...) in it")
+    api_url = args.api_url or os.environ.get("SLACK_API_URL") or DEFAULT_API_URL
+    channels = [c for c in args.channels.split(",") if c.strip()] if args.channels else None
+    with Store.open(args.db) as store, _ProgressBar("channels") as bar:
+        report = fetch_slack_history(slack_client(token, api_url), store, channels=channels, out_zip=args.out,
+                                     progress=bar)
+    print(report.summary() + (f"; wrote {args.out}" if args.out else ""))
+    return 0
+
+
+def _set_opted_out(args: argparse.Namespace, opted_out: bool) -> int:
+    from training.store import Store
+
+    with Store.open(args.db, create=False) as store:
+        user = store.set_opted_out(args.name, opted_out)
+    print(f"mimic: {user.speaker} is opted {'out of' if opted_out else 'back into'} learning and impersonation")
+    return 0
+
+
+def run_optout(args: argparse.Namespace) -> int:
+    return _set_opted_out(args, True)
+
+
+def run_optin(args: argparse.Namespace) -> int:
+    return _set_opted_out(args, False)
+
+
+def run_forget(args: argparse.Namespace) -> int:
+    from training.store import Store
+
+    with Store.open(args.db, create=False) as store:
+        if not args.yes:
+            _confirm(f"Delete everything stored about '{args.name}' and opt them out for good? [y/N] ")
+        deleted = store.forget(args.name)
+    print(f"mimic: forgot '{args.name}': {deleted} messages deleted; they stay opted out")
+    return 0
+
+
+def _confirm(question: str) -> None:
+    if not sys.stdin.isatty():
+        raise UsageError("forget deletes a person's data for good; pass --yes to confirm")
+    if input(question).strip().lower() not in ("y", "yes"):
+        raise UsageError("not confirmed; nothing deleted")
+
+
+def run_stats(args: argparse.Namespace) -> int:
+    from training.store import Store
+
+    with Store.open(args.db, create=False) as store:
+        stats = store.stats()
+    print(json.dumps(stats, ensure_ascii=False, indent=2) if args.json else _format_stats(stats))
+    return 0
+
+
+def _format_stats(stats: dict[str, Any]) -> str:
+    lines = [
+        f"{stats['messages']:,} messages, {stats['chars']:,} characters, {len(stats['users'])} speakers, "
+        f"{len(stats['channels'])} channels" + (f", {stats['first'][:10]} to {stats['last'][:10]}" if stats["first"] else ""),
+        "",
+        f"{'speaker':<32} {'messages':>10} {'chars':>12}",
+    ]
+    lines += [f"{name:<32} {u['messages']:>10,} {u['chars']:>12,}" for name, u in stats["users"].items()]
+    lines += ["", f"{'channel':<32} {'messages':>10}"]
+    lines += [f"{name:<32} {c['messages']:>10,}" for name, c in stats["channels"].items()]
+    return "\n".join(lines)
+
+
+def _db_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", default=DEFAULT_DB, metavar="PATH", help=f"message store (default {DEFAULT_DB})")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    pass
+    p = sub.add_parser("ingest", help="import chat history (Slack export, DiscordChatExporter JSON, text)",
+                       description="Import chat exports into the message store; the format is detected.")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="a Slack export (zip or folder), DCE .json files, or text")
+    _db_arg(p)
+    p.add_argument("--format", choices=["slack", "discord", "text"], help="force the format of every PATH")
+    p.add_argument("--speaker", metavar="NAME", help="text format: every line is a message by NAME")
+    p.add_argument("--include-bots", action="store_true", help="also store messages from bots and apps")
+    p.add_argument("--include-private", action="store_true",
+                   help="also import private channels, DMs and group DMs present in the export")
+    p.set_defaults(run=run_ingest)
+
+    p = sub.add_parser("history", help="fetch chat history through a platform's API")
+    platforms = p.add_subparsers(dest="platform", metavar="PLATFORM", required=True)
+    p = platforms.add_parser("slack", help="fetch Slack history with a bot token (incremental)",
+                             description="Fetch the public channels the bot is in (or --channels) through the "
+                                         "Slack Web API; each run fetches only what is newer than the last.")
+    _db_arg(p)
+    p.add_argument("--token-env", default="SLACK_BOT_TOKEN", metavar="VAR",
+                   help="environment variable holding the bot token (default SLACK_BOT_TOKEN)")
+    p.add_argument("--api-url", metavar="URL", help="Web API base URL (default $SLACK_API_URL or Slack's)")
+    p.add_argument("--channels", metavar="C1,C2", help="exactly these channels (names or ids; private ones too)")
+    p.add_argument("--out", metavar="FILE.zip", help="also write what was fetched as a Slack export zip")
+    p.set_defaults(run=run_history_slack)
+
+    for name, run, text in (("optout", run_optout, "never learn from or impersonate NAME"),
+                            ("optin", run_optin, "undo optout for NAME")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("name", metavar="NAME", help="speaker name, handle, display name, real name or user id")
+        _db_arg(p)
+        p.set_defaults(run=run)
+
+    p = sub.add_parser("forget", help="delete everything stored about NAME and opt them out")
+    p.add_argument("name", metavar="NAME", help="speaker name, handle, display name, real name or user id")
+    _db_arg(p)
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.set_defaults(run=run_forget)
+
+    p = sub.add_parser("stats", help="messages and characters per speaker and per channel")
+    _db_arg(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(run=run_stats)

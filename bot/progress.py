@@ -11,11 +11,13 @@ from tqdm import tqdm
 class TrainingBar:
     """A tqdm bar for training: steps (or seconds of the budget), loss, bits/char, chars/s and time left."""
 
-    def __init__(self, steps: int | None, time_budget: float | None, disable: bool | None = None):
+    def __init__(self, steps: int | None, time_budget: float | None, disable: bool = False):
         self.by_time = steps is None
         total = time_budget if self.by_time else steps
         unit = "s" if self.by_time else "step"
+        # Drawn into logs too (a nightly job's stderr), but less often there than on a terminal.
         self.bar = tqdm(total=total, unit=unit, file=sys.stderr, dynamic_ncols=True, disable=disable,
+                        mininterval=0.1 if sys.stderr.isatty() else 5.0,
                         bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} {unit} [{elapsed}<{remaining}{postfix}]")
         self.val: float | None = None
 

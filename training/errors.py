@@ -4,7 +4,10 @@ TrainingError
  ├── BadInputError          a file is missing, empty, unreadable or too short
  ├── BadCheckpointError     a checkpoint cannot be read or does not describe a model
  ├── BadExportError         a chat export is not what it claims to be
- └── EmptyCorpusError       nothing is left to train on after filtering
+ ├── EmptyCorpusError       nothing is left to train on after filtering
+ ├── ApiError               a chat platform's Web API refused or failed a request
+ ├── StoreError             the message store is missing, from a newer Mimic, or cannot be written
+ └── UnknownUserError       no one (or more than one person) in the store goes by that name
 """
 
 
@@ -25,4 +28,16 @@ class BadExportError(TrainingError):
 
 
 class EmptyCorpusError(TrainingError):
+    pass
+
+
+class StoreError(TrainingError):
+    pass
+
+
+class UnknownUserError(TrainingError):
+    pass
+
+
+class ApiError(TrainingError):
     pass

@@ -83,3 +83,33 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, tiny_model: Path, make
     (tmp_path / "garbage.pt").write_bytes(b"\x00garbage" * 10)
     argv = [a.format(tmp=tmp_path, model=tiny_model) for a in args]
     assert_one_line_error(run_cli(*argv), needle)
+
+
+def test_ctrl_c_saves_a_checkpoint_first(tmp_path: Path, repeated_text_file: Path) -> None:
+    import signal
+    import threading
+
+    from training.checkpoint import load_checkpoint
+
+    proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "train", str(repeated_text_file), "--hidden", "16",
+                             "--steps", "1000000", "--batch-size", "2", "--seq-len", "16", "--threads", "1",
+                             "--checkpoint-every", "0", "--eval-every", "0", "--out", str(tmp_path / "run")],
+                            cwd=ROOT, stderr=subprocess.PIPE, stdout=subprocess.PIPE)
+    seen = threading.Event()
+    chunks: list[bytes] = []
+
+    def read() -> None:
+        while chunk := proc.stderr.read1(4096):
+            chunks.append(chunk)
+            if b"step=" in b"".join(chunks[-3:]):
+                seen.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    assert seen.wait(120), b"".join(chunks)  # training is under way
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(120) == 130
+    reader.join(10)
+    err = b"".join(chunks).decode(errors="replace")
+    assert "resume with" in err and "Traceback" not in err
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] >= 1

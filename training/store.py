@@ -1,0 +1,623 @@
+"""The message store: one SQLite file holding everything Mimic knows about a team's chat history.
+
+Used by the importers (training/ingest*.py), the corpus builder and, later, the live bot. Rows go in and
+come out as small frozen dataclasses; ids in the public API are the platform's own (`"slack"`, `"C024BE91L"`,
+`"1452837352.000006"`), never our row ids.
+
+Design decisions:
+- WAL mode and a busy timeout, so the live bot and a CLI run can share the file.
+- Every write method is one transaction (`BEGIN IMMEDIATE` ... `COMMIT`); `upsert_messages` takes a whole
+  batch, so an ingest that dies halfway leaves the store as it was before that batch. `transaction()` lets
+  a caller group several calls (a batch and its watermark).
+- The schema carries a version; `MIGRATIONS[i]` upgrades version i to i + 1 in place, and a file from a
+  newer Mimic is refused rather than guessed at.
+- Channels and users are keyed by (platform, platform id): Slack and Discord ids are unique per platform,
+  and a Discord user is the same person in every guild.
+- Each person gets a canonical speaker name, unique in the store ignoring case: the handle when free,
+  else `handle_2`, `handle_3`, ... in first-seen order. It never changes once given, so corpora and models
+  stay consistent; `upsert_users` reports every name it had to change.
+- Consent: opted-out people keep their rows (opt-in restores them) but never reach a corpus or the
+  speaker list. `forget` deletes a person's messages and profile and leaves a tombstone (platform id only,
+  opted out) so a re-ingest neither restores their profile nor stores their messages again.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from training.errors import StoreError, UnknownUserError
+from training.normalize import canonical_speaker_name
+
+
+@dataclass(frozen=True)
+class UserRecord:
+    """A person or bot. On input `speaker`, `opted_out` and `forgotten` are ignored: the store owns them."""
+
+    platform: str
+    platform_id: str
+    handle: str | None = None
+    display_name: str | None = None
+    real_name: str | None = None
+    avatar_url: str | None = None
+    is_bot: bool = False
+    workspace_id: str | None = None  # the platform id of the workspace/guild the person was first seen in
+    speaker: str | None = None
+    opted_out: bool = False
+    forgotten: bool = False
+
+
+@dataclass(frozen=True)
+class ChannelRecord:
+    platform: str
+    platform_id: str
+    name: str
+    workspace_id: str | None = None
+    kind: str = "public"  # public | private | dm | mpim | thread
+
+
+@dataclass(frozen=True)
+class MessageRecord:
+    """One message; `text` is already normalised (training.normalize), times are Unix seconds."""
+
+    platform: str
+    channel_id: str
+    message_id: str  # Slack ts, Discord snowflake, or a source-specific stable id
+    user_id: str
+    text: str
+    created: float
+    thread_parent: str | None = None  # Slack thread_ts of the parent, Discord replied-to message id
+    edited: float | None = None
+
+
+@dataclass(frozen=True)
+class NameCollision:
+    """A person whose wanted speaker name was taken; they got `speaker` instead."""
+
+    platform: str
+    platform_id: str
+    wanted: str
+    speaker: str
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    new: int  # messages stored for the first time
+    updated: int  # messages whose stored row changed (an edit, a better-resolved mention)
+    unchanged: int  # already stored as is, an older copy of an edited message, or a forgotten author
+
+
+@dataclass(frozen=True)
+class CorpusFilter:
+    channels: tuple[str, ...] | None = None  # channel names (with or without '#') or platform ids
+    min_chars: int = 1
+    include_bots: bool = False
+
+
+@dataclass(frozen=True)
+class CorpusMessage:
+    speaker: str
+    text: str
+    channel: str
+    created: float
+    key: int  # row id; with `created` it orders messages that share a timestamp
+
+
+_SCHEMA_V1 = (
+    """CREATE TABLE workspaces (
+        id INTEGER PRIMARY KEY,
+        platform TEXT NOT NULL,
+        platform_id TEXT NOT NULL,
+        name TEXT,
+        UNIQUE (platform, platform_id))""",
+    """CREATE TABLE channels (
+        id INTEGER PRIMARY KEY,
+        platform TEXT NOT NULL,
+        platform_id TEXT NOT NULL,
+        workspace_id INTEGER REFERENCES workspaces(id),
+        name TEXT NOT NULL,
+        kind TEXT NOT NULL DEFAULT 'public',
+        UNIQUE (platform, platform_id))""",
+    """CREATE TABLE users (
+        id INTEGER PRIMARY KEY,
+        platform TEXT NOT NULL,
+        platform_id TEXT NOT NULL,
+        workspace_id INTEGER REFERENCES workspaces(id),
+        handle TEXT,
+        display_name TEXT,
+        real_name TEXT,
+        avatar_url TEXT,
+        is_bot INTEGER NOT NULL DEFAULT 0,
+        opted_out INTEGER NOT NULL DEFAULT 0,
+        forgotten INTEGER NOT NULL DEFAULT 0,
+        speaker TEXT,
+        speaker_key TEXT UNIQUE,
+        UNIQUE (platform, platform_id))""",
+    """CREATE TABLE messages (
+        id INTEGER PRIMARY KEY,
+        channel_id INTEGER NOT NULL REFERENCES channels(id),
+        platform_id TEXT NOT NULL,
+        user_id INTEGER NOT NULL REFERENCES users(id),
+        text TEXT NOT NULL,
+        thread_parent TEXT,
+        created REAL NOT NULL,
+        edited REAL,
+        UNIQUE (channel_id, platform_id))""",
+    "CREATE INDEX messages_by_channel_time ON messages (channel_id, created)",
+    "CREATE INDEX messages_by_user ON messages (user_id)",
+    """CREATE TABLE watermarks (
+        channel_id INTEGER PRIMARY KEY REFERENCES channels(id),
+        value TEXT NOT NULL)""",
+)
+# v2: the corpus's time split asks for "the n-th message by time"; without this index that is a full sort.
+_SCHEMA_V2 = ("CREATE INDEX messages_by_time ON messages (created)",)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1, _SCHEMA_V2)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_UPSERT_MESSAGE = """
+INSERT INTO messages (channel_id, platform_id, user_id, text, thread_parent, created, edited)
+SELECT ?1, ?2, id, ?3, ?4, ?5, ?6 FROM users WHERE id = ?7 AND forgotten = 0
+ON CONFLICT (channel_id, platform_id) DO UPDATE SET
+    user_id = excluded.user_id, text = excluded.text, thread_parent = excluded.thread_parent,
+    created = excluded.created, edited = excluded.edited
+WHERE coalesce(excluded.edited, 0) >= coalesce(messages.edited, 0)
+  AND (messages.text IS NOT excluded.text OR messages.edited IS NOT excluded.edited
+       OR messages.user_id IS NOT excluded.user_id OR messages.created IS NOT excluded.created
+       OR messages.thread_parent IS NOT excluded.thread_parent)
+"""
+# Whose messages count as "people talking": humans, not opted out, not forgotten.
+_HUMAN = "u.is_bot = 0 AND u.opted_out = 0 AND u.forgotten = 0"
+_USER_COLUMNS = (
+    "u.platform, u.platform_id, u.handle, u.display_name, u.real_name, u.avatar_url, u.is_bot, "
+    "w.platform_id, u.speaker, u.opted_out, u.forgotten"
+)
+
+
+def _user_from_row(row: tuple[Any, ...]) -> UserRecord:
+    return UserRecord(
+        platform=row[0], platform_id=row[1], handle=row[2], display_name=row[3], real_name=row[4],
+        avatar_url=row[5], is_bot=bool(row[6]), workspace_id=row[7], speaker=row[8],
+        opted_out=bool(row[9]), forgotten=bool(row[10]),
+    )
+
+
+def _iso(seconds: float | None) -> str | None:
+    return None if seconds is None else datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
+
+
+class Store:
+    """A connection to one store file. Use as a context manager; not shared between threads."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self._conn = conn
+        self.path = path
+        self._channel_ids: dict[tuple[str, str], int] = {}
+        self._user_ids: dict[tuple[str, str], int] = {}
+        self._workspace_ids: dict[tuple[str, str], int] = {}
+
+    # ---- opening, schema, transactions -------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str | Path, *, create: bool = True) -> Store:
+        """Open (and create or upgrade) the store at `path`; `create=False` refuses a missing file."""
+        path = Path(path)
+        if not create and not path.is_file():
+            raise StoreError(f"{path}: no message store here; run `mimic ingest` first")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(path, isolation_level=None, timeout=10.0)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"{path}: cannot open the message store: {exc}") from exc
+        store = cls(conn, path)
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")  # durable at each checkpoint; safe with WAL
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.create_function("casefold", 1, lambda s: s.casefold() if s else s, deterministic=True)
+            store._migrate()
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise StoreError(f"{path}: not a usable message store ({exc})") from exc
+        except BaseException:
+            conn.close()
+            raise
+        return store
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def schema_version(self) -> int:
+        exists = self._conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
+        ).fetchone()
+        if not exists:
+            return 0
+        row = self._conn.execute("SELECT version FROM schema_version").fetchone()
+        return row[0] if row else 0
+
+    def _migrate(self, target: int = SCHEMA_VERSION) -> None:
+        with self.transaction():
+            current = self.schema_version
+            if current > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.path}: store schema v{current} is newer than this Mimic (v{SCHEMA_VERSION}); "
+                    "upgrade Mimic"
+                )
+            if current == 0:
+                self._conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+                self._conn.execute("INSERT INTO schema_version VALUES (0)")
+            for version in range(current, target):
+                for statement in MIGRATIONS[version]:
+                    self._conn.execute(statement)
+                self._conn.execute("UPDATE schema_version SET version = ?", (version + 1,))
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One write transaction; nested uses join the outer one."""
+        if self._conn.in_transaction:
+            yield
+            return
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            # Row ids cached during the failed transaction may name rows that no longer exist.
+            self._channel_ids.clear()
+            self._user_ids.clear()
+            self._workspace_ids.clear()
+            raise
+        self._conn.execute("COMMIT")
+
+    # ---- workspaces and channels --------------------------------------------------------------------
+
+    def upsert_workspace(self, platform: str, platform_id: str, name: str | None = None) -> None:
+        with self.transaction():
+            self._conn.execute(
+                "INSERT INTO workspaces (platform, platform_id, name) VALUES (?, ?, ?) "
+                "ON CONFLICT (platform, platform_id) DO UPDATE SET name = coalesce(excluded.name, name)",
+                (platform, platform_id, name),
+            )
+
+    def _workspace_row(self, platform: str, platform_id: str | None) -> int | None:
+        if platform_id is None:
+            return None
+        key = (platform, platform_id)
+        if key not in self._workspace_ids:
+            self._conn.execute(
+                "INSERT INTO workspaces (platform, platform_id) VALUES (?, ?) ON CONFLICT DO NOTHING", key
+            )
+            row = self._conn.execute(
+                "SELECT id FROM workspaces WHERE platform = ? AND platform_id = ?", key
+            ).fetchone()
+            self._workspace_ids[key] = row[0]
+        return self._workspace_ids[key]
+
+    def upsert_channel(self, channel: ChannelRecord) -> None:
+        with self.transaction():
+            workspace = self._workspace_row(channel.platform, channel.workspace_id)
+            self._conn.execute(
+                "INSERT INTO channels (platform, platform_id, workspace_id, name, kind) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (platform, platform_id) DO UPDATE SET name = excluded.name, kind = excluded.kind, "
+                "workspace_id = coalesce(excluded.workspace_id, workspace_id)",
+                (channel.platform, channel.platform_id, workspace, channel.name, channel.kind),
+            )
+
+    def channel(self, platform: str, platform_id: str) -> ChannelRecord | None:
+        row = self._conn.execute(
+            "SELECT c.platform, c.platform_id, c.name, w.platform_id, c.kind FROM channels c "
+            "LEFT JOIN workspaces w ON w.id = c.workspace_id WHERE c.platform = ? AND c.platform_id = ?",
+            (platform, platform_id),
+        ).fetchone()
+        return ChannelRecord(*row) if row else None
+
+    def channel_names(self, platform: str) -> dict[str, str]:
+        """Platform id -> channel name, for rendering channel mentions."""
+        rows = self._conn.execute("SELECT platform_id, name FROM channels WHERE platform = ?", (platform,))
+        return dict(rows.fetchall())
+
+    def _channel_row(self, platform: str, platform_id: str) -> int:
+        key = (platform, platform_id)
+        if key not in self._channel_ids:
+            row = self._conn.execute(
+                "SELECT id FROM channels WHERE platform = ? AND platform_id = ?", key
+            ).fetchone()
+            if row is None:
+                raise StoreError(f"unknown channel {platform}:{platform_id}; upsert_channel it first")
+            self._channel_ids[key] = row[0]
+        return self._channel_ids[key]
+
+    # ---- users and identity -------------------------------------------------------------------------
+
+    def _free_speaker_name(self, wanted: str) -> str:
+        candidate, n = wanted, 1
+        while self._conn.execute(
+            "SELECT 1 FROM users WHERE speaker_key = ?", (candidate.casefold(),)
+        ).fetchone():
+            n += 1
+            candidate = f"{wanted}_{n}"
+        return candidate
+
+    def upsert_users(self, users: Iterable[UserRecord]) -> list[NameCollision]:
+        """Insert new people, refresh known ones (never a forgotten one). Returns the renamed speakers."""
+        collisions: list[NameCollision] = []
+        with self.transaction():
+            for user in users:
+                row = self._conn.execute(
+                    "SELECT id, forgotten FROM users WHERE platform = ? AND platform_id = ?",
+                    (user.platform, user.platform_id),
+                ).fetchone()
+                workspace = self._workspace_row(user.platform, user.workspace_id)
+                if row is not None:
+                    if not row[1]:
+                        self._conn.execute(
+                            "UPDATE users SET handle = coalesce(?, handle), display_name = coalesce(?, display_name), "
+                            "real_name = coalesce(?, real_name), avatar_url = coalesce(?, avatar_url), "
+                            "is_bot = max(is_bot, ?), workspace_id = coalesce(workspace_id, ?) WHERE id = ?",
+                            (user.handle, user.display_name, user.real_name, user.avatar_url,
+                             int(user.is_bot), workspace, row[0]),
+                        )
+                    continue
+                wanted = canonical_speaker_name(
+                    user.handle or user.display_name or user.real_name or user.platform_id
+                )
+                speaker = self._free_speaker_name(wanted)
+                if speaker != wanted:
+                    collisions.append(NameCollision(user.platform, user.platform_id, wanted, speaker))
+                self._conn.execute(
+                    "INSERT INTO users (platform, platform_id, workspace_id, handle, display_name, real_name, "
+                    "avatar_url, is_bot, speaker, speaker_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (user.platform, user.platform_id, workspace, user.handle, user.display_name,
+                     user.real_name, user.avatar_url, int(user.is_bot), speaker, speaker.casefold()),
+                )
+        return collisions
+
+    def user_by_platform_id(self, platform: str, platform_id: str) -> UserRecord | None:
+        row = self._conn.execute(
+            f"SELECT {_USER_COLUMNS} FROM users u LEFT JOIN workspaces w ON w.id = u.workspace_id "
+            "WHERE u.platform = ? AND u.platform_id = ?",
+            (platform, platform_id),
+        ).fetchone()
+        return _user_from_row(row) if row else None
+
+    def speaker_names(self, platform: str) -> dict[str, str]:
+        """Platform user id -> canonical speaker, for rendering mentions (tombstones have none)."""
+        rows = self._conn.execute(
+            "SELECT platform_id, speaker FROM users WHERE platform = ? AND speaker IS NOT NULL", (platform,)
+        )
+        return dict(rows.fetchall())
+
+    def find_user(self, name: str) -> UserRecord | None:
+        """The one person going by `name`: their speaker name, else a platform user id, else a handle,
+        display name or real name; any case, a leading '@' ignored. Raises UnknownUserError when a name
+        fits several people."""
+        wanted = name.strip().lstrip("@").strip()
+        if not wanted:
+            return None
+        folded = wanted.casefold()
+        base = f"SELECT {_USER_COLUMNS} FROM users u LEFT JOIN workspaces w ON w.id = u.workspace_id WHERE "
+        for where, arg in (
+            ("u.speaker_key = ?", folded),
+            ("u.platform_id = ? AND u.forgotten = 0", wanted),
+            ("? IN (casefold(u.handle), casefold(u.display_name), casefold(u.real_name))", folded),
+        ):
+            rows = self._conn.execute(base + where + " ORDER BY u.id", (arg,)).fetchall()
+            if len(rows) == 1:
+                return _user_from_row(rows[0])
+            if rows:
+                names = ", ".join(f"{r[8]} ({r[0]} {r[1]})" for r in rows[:5])
+                raise UnknownUserError(f"'{name}' fits {len(rows)} people: {names}; use the speaker name")
+        return None
+
+    def _require_user(self, name: str) -> tuple[int, UserRecord]:
+        user = self.find_user(name)
+        if user is None:
+            raise UnknownUserError(f"no one called '{name}' in {self.path}; see `mimic stats`")
+        row = self._conn.execute(
+            "SELECT id FROM users WHERE platform = ? AND platform_id = ?", (user.platform, user.platform_id)
+        ).fetchone()
+        return row[0], user
+
+    def set_opted_out(self, name: str, opted_out: bool) -> UserRecord:
+        """Opt a person out of (or back into) every corpus and impersonation."""
+        with self.transaction():
+            row_id, user = self._require_user(name)
+            self._conn.execute("UPDATE users SET opted_out = ? WHERE id = ?", (int(opted_out), row_id))
+        return replace(user, opted_out=opted_out)
+
+    def forget(self, name: str) -> int:
+        """Delete a person's messages and profile, keep an opted-out tombstone; returns messages deleted."""
+        self._conn.execute("PRAGMA secure_delete = ON")  # overwrite the freed pages, not just unlink them
+        try:
+            with self.transaction():
+                row_id, _ = self._require_user(name)
+                deleted = self._conn.execute("DELETE FROM messages WHERE user_id = ?", (row_id,)).rowcount
+                self._conn.execute(
+                    "UPDATE users SET handle = NULL, display_name = NULL, real_name = NULL, avatar_url = NULL, "
+                    "speaker = NULL, speaker_key = NULL, opted_out = 1, forgotten = 1 WHERE id = ?",
+                    (row_id,),
+                )
+            # Old copies of the pages live on in the WAL until a checkpoint; write them back now.
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            self._conn.execute("PRAGMA secure_delete = OFF")
+        return deleted
+
+    def _user_row(self, platform: str, platform_id: str) -> int:
+        key = (platform, platform_id)
+        if key not in self._user_ids:
+            row = self._conn.execute(
+                "SELECT id FROM users WHERE platform = ? AND platform_id = ?", key
+            ).fetchone()
+            if row is None:
+                raise StoreError(f"unknown user {platform}:{platform_id}; upsert_users them first")
+            self._user_ids[key] = row[0]
+        return self._user_ids[key]
+
+    # ---- messages and watermarks --------------------------------------------------------------------
+
+    def upsert_messages(self, messages: Iterable[MessageRecord]) -> BatchResult:
+        """Store a batch in one transaction: new messages are added, edits replace older text (an older
+        copy never overwrites a newer edit), and a forgotten person's messages are not stored."""
+        total = 0
+
+        def rows() -> Iterator[tuple[Any, ...]]:
+            nonlocal total
+            for m in messages:
+                total += 1
+                yield (self._channel_row(m.platform, m.channel_id), m.message_id, m.text, m.thread_parent,
+                       m.created, m.edited, self._user_row(m.platform, m.user_id))
+
+        with self.transaction():
+            before_id = self._conn.execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()[0]
+            before_changes = self._conn.total_changes
+            self._conn.executemany(_UPSERT_MESSAGE, rows())
+            changed = self._conn.total_changes - before_changes
+            # New rows get max(id) + 1 in turn, so the id range says how many were inserted.
+            new = self._conn.execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()[0] - before_id
+        return BatchResult(new=new, updated=changed - new, unchanged=total - changed)
+
+    def delete_message(self, platform: str, channel_id: str, message_id: str) -> bool:
+        """Remove a message deleted upstream; False when it was not stored."""
+        with self.transaction():
+            row = self._conn.execute(
+                "SELECT id FROM channels WHERE platform = ? AND platform_id = ?", (platform, channel_id)
+            ).fetchone()
+            if row is None:
+                return False
+            cursor = self._conn.execute(
+                "DELETE FROM messages WHERE channel_id = ? AND platform_id = ?", (row[0], message_id)
+            )
+        return cursor.rowcount > 0
+
+    def message_count(self) -> int:
+        return self._conn.execute("SELECT count(*) FROM messages").fetchone()[0]
+
+    def get_watermark(self, platform: str, channel_id: str) -> str | None:
+        row = self._conn.execute(
+            "SELECT w.value FROM watermarks w JOIN channels c ON c.id = w.channel_id "
+            "WHERE c.platform = ? AND c.platform_id = ?",
+            (platform, channel_id),
+        ).fetchone()
+        return row[0] if row else None
+
+    def set_watermark(self, platform: str, channel_id: str, value: str) -> None:
+        """Remember how far a channel has been fetched (the newest Slack ts stored)."""
+        with self.transaction():
+            self._conn.execute(
+                "INSERT INTO watermarks (channel_id, value) VALUES (?, ?) "
+                "ON CONFLICT (channel_id) DO UPDATE SET value = excluded.value",
+                (self._channel_row(platform, channel_id), value),
+            )
+
+    # ---- reading for people and corpora -------------------------------------------------------------
+
+    def speaker_counts(self) -> dict[str, int]:
+        """Canonical speaker -> stored messages, for people who may be learned from and impersonated."""
+        rows = self._conn.execute(
+            f"SELECT u.speaker, count(*) FROM messages m JOIN users u ON u.id = m.user_id WHERE {_HUMAN} "
+            "GROUP BY u.id ORDER BY count(*) DESC, u.speaker"
+        )
+        return dict(rows.fetchall())
+
+    def _channel_labels(self) -> dict[int, str]:
+        """Channel row id -> its name, or `name [id]` where two channels share a name."""
+        rows = self._conn.execute("SELECT id, name, platform_id FROM channels").fetchall()
+        seen: dict[str, int] = {}
+        for _, name, _ in rows:
+            seen[name] = seen.get(name, 0) + 1
+        return {cid: name if seen[name] == 1 else f"{name} [{pid}]" for cid, name, pid in rows}
+
+    def stats(self) -> dict[str, Any]:
+        """Messages and characters of people (not bots, not opted out) per speaker and per channel.
+
+        Shape: {"messages", "chars", "users": {speaker: {"messages", "chars"}}, "channels": {name:
+        {"messages"}}, "first", "last"} with the date range as ISO-8601 UTC (None when empty)."""
+        users = {
+            speaker: {"messages": n, "chars": chars or 0}
+            for speaker, n, chars in self._conn.execute(
+                f"SELECT u.speaker, count(*), sum(length(m.text)) FROM messages m JOIN users u "
+                f"ON u.id = m.user_id WHERE {_HUMAN} GROUP BY u.id ORDER BY count(*) DESC, u.speaker"
+            )
+        }
+        labels = self._channel_labels()
+        channels = {
+            labels[cid]: {"messages": n}
+            for cid, n in self._conn.execute(
+                f"SELECT m.channel_id, count(*) FROM messages m JOIN users u ON u.id = m.user_id "
+                f"WHERE {_HUMAN} GROUP BY m.channel_id ORDER BY count(*) DESC, m.channel_id"
+            )
+        }
+        first, last = self._conn.execute(
+            f"SELECT min(m.created), max(m.created) FROM messages m JOIN users u ON u.id = m.user_id "
+            f"WHERE {_HUMAN}"
+        ).fetchone()
+        return {
+            "messages": sum(u["messages"] for u in users.values()),
+            "chars": sum(u["chars"] for u in users.values()),
+            "users": users,
+            "channels": channels,
+            "first": _iso(first),
+            "last": _iso(last),
+        }
+
+    def _corpus_where(self, filt: CorpusFilter) -> tuple[str, list[Any]]:
+        clauses = ["u.opted_out = 0", "u.forgotten = 0", "length(m.text) >= ?"]
+        args: list[Any] = [max(filt.min_chars, 1)]
+        if not filt.include_bots:
+            clauses.append("u.is_bot = 0")
+        if filt.channels is not None:
+            names = [c.lstrip("#") for c in filt.channels]
+            marks = ", ".join("?" * len(names)) or "NULL"
+            clauses.append(
+                f"m.channel_id IN (SELECT id FROM channels WHERE name IN ({marks}) OR platform_id IN ({marks}))"
+            )
+            args += names + names
+        return " AND ".join(clauses), args
+
+    def count_corpus(self, filt: CorpusFilter = CorpusFilter()) -> int:
+        where, args = self._corpus_where(filt)
+        return self._conn.execute(
+            f"SELECT count(*) FROM messages m JOIN users u ON u.id = m.user_id WHERE {where}", args
+        ).fetchone()[0]
+
+    def corpus_cutoff(self, filt: CorpusFilter, position: int) -> tuple[float, int] | None:
+        """(created, key) of the message at `position` (0-based) in time order, or None past the end."""
+        where, args = self._corpus_where(filt)
+        row = self._conn.execute(
+            f"SELECT m.created, m.id FROM messages m JOIN users u ON u.id = m.user_id WHERE {where} "
+            "ORDER BY m.created, m.id LIMIT 1 OFFSET ?",
+            [*args, position],
+        ).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def iter_corpus(self, filt: CorpusFilter = CorpusFilter()) -> Iterator[CorpusMessage]:
+        """Messages that may be learned from, streamed channel by channel (channels in order of their first
+        message), each channel in time order."""
+        where, args = self._corpus_where(filt)
+        labels = self._channel_labels()
+        order = self._conn.execute(
+            f"SELECT m.channel_id FROM messages m JOIN users u ON u.id = m.user_id WHERE {where} "
+            "GROUP BY m.channel_id ORDER BY min(m.created), m.channel_id",
+            args,
+        ).fetchall()
+        for (channel_id,) in order:
+            rows = self._conn.execute(
+                f"SELECT u.speaker, m.text, m.created, m.id FROM messages m JOIN users u ON u.id = m.user_id "
+                f"WHERE m.channel_id = ? AND {where} ORDER BY m.created, m.platform_id",
+                [channel_id, *args],
+            )
+            for speaker, text, created, key in rows:
+                yield CorpusMessage(speaker, text, labels[channel_id], created, key)
