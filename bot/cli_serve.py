@@ -1,7 +1,169 @@
-"""Placeholder: this group of subcommands is not written yet."""
+"""`mimic serve slack|discord|console`, `mimic impersonate NAME`, `mimic who`, `mimic demo`.
+
+Handlers only parse, build the parts (settings, store, model gate, command layer) and hand them to an
+adapter. Chat SDKs are imported inside the handler that needs them, and nothing here imports torch except
+through `mimic demo`, which trains.
+"""
+
+from __future__ import annotations
 
 import argparse
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from bot.errors import UsageError
+
+if TYPE_CHECKING:
+    from bot.capture import StoreAccess
+    from bot.commands import Commands, ModelGate, Retrain
+    from bot.config import Settings
+
+log = logging.getLogger("bot.serve")
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="PATH", help="a config.toml (default: $MIMIC_CONFIG, else built-in defaults)")
+    p.add_argument("--model", metavar="PATH", help="an .onnx model or a model registry dir (overrides the config)")
+    p.add_argument("--db", metavar="PATH", help="the message store (overrides the config)")
+    p.add_argument("--data-dir", metavar="DIR", help="the data directory (overrides the config)")
+
+
+def load(args: argparse.Namespace, port: int | None = None) -> Settings:
+    from bot.config import load_settings
+
+    settings = load_settings(args.config, os.environ)
+    return settings.override(model=args.model, database=args.db, data_dir=args.data_dir, port=port)
+
+
+def retrain_hook(settings: Settings) -> Retrain | None:
+    """What the admin `retrain` command calls: `(requested_by, report) -> first reply` (bot.commands.Retrain).
+    It queues a request for the worker process (`mimic scheduler`); the bot process never trains."""
+    from bot.scheduler import RetrainQueue
+
+    return RetrainQueue(settings.storage.data_dir)
+
+
+def build_commands(settings: Settings, *, watch: bool = True,
+                   store_must_exist: bool = False) -> tuple[Commands, ModelGate, StoreAccess | None]:
+    """The command layer over the configured model and store: (commands, gate, stores or None)."""
+    from bot.capture import StoreAccess
+    from bot.commands import Commands, ModelGate
+
+    db = settings.storage.database_path
+    stores = StoreAccess(db) if not store_must_exist or db.is_file() else None
+    gate = ModelGate.from_settings(settings, **({} if watch else {"watch_seconds": None}))
+    return Commands(settings, gate, stores, retrain=retrain_hook(settings)), gate, stores
+
+
+def log_health(platform: str, settings: Settings, gate: ModelGate, stores: StoreAccess | None) -> None:
+    """One look at what this bot will serve, logged at start (no message text, no secrets)."""
+    service = gate.loaded()
+    if service is None:
+        log.warning("no model at %s yet; impersonation answers 'no model loaded' until one appears there",
+                    settings.storage.model_path)
+    else:
+        model = service.holder.get()
+        log.info("model %s (%s): %d people, %s", model.version, model.path, len(model.speakers),
+                 "copy check on" if model.copy_index is not None else "no copy index")
+    if stores is not None:
+        log.info("message store %s: %d messages", stores.path, stores.store().message_count())
+    if platform in ("slack", "discord"):
+        section = getattr(settings, platform)
+        log.info("%s: learning from %s; speaking in %s; %d admins", platform, section.learn.describe(),
+                 section.speak.describe(), len(section.admins))
+    log.info("settings from %s; rate limits %d/person, %d/channel per %.0f s", settings.source,
+             settings.limits.user_limit, settings.limits.channel_limit, settings.limits.window_seconds)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from bot.capture import Capture
+
+    settings = load(args, port=args.port)
+    commands, gate, stores = build_commands(settings)
+    log_health(args.platform, settings, gate, stores)
+    capture = Capture(stores, settings.slack.learn, settings.discord.learn) if stores is not None else None
+    try:
+        if args.platform == "console":
+            from bot.console_adapter import run_console
+
+            return run_console(commands)
+        if args.platform == "slack":
+            from bot import slack_adapter
+
+            slack_adapter.run(slack_adapter.build_app(settings, commands, capture=capture), settings)
+            return 0
+        from bot.config import require
+        from bot.discord_adapter import MimicDiscordBot
+
+        token = require(settings.discord.token, "DISCORD_TOKEN", "the Discord bot logs in with it")
+        bot = MimicDiscordBot(settings=settings, commands=commands, capture=capture, sync_global=args.sync_global)
+        bot.run(token, log_handler=None)  # logging is configured by bot/cli.py
+        return 0
+    finally:
+        gate.close()
+
+
+def run_impersonate(args: argparse.Namespace) -> int:
+    settings = load(args)
+    commands, gate, _ = build_commands(settings, watch=False, store_must_exist=True)
+    try:
+        reply = commands.write_as(args.name, args.prompt, temperature=args.temp, srand=args.srand)
+    finally:
+        gate.close()
+    print(reply.text)
+    return 0
+
+
+def run_who(args: argparse.Namespace) -> int:
+    from bot.commands import CONSOLE, Invocation
+
+    settings = load(args)
+    commands, gate, _ = build_commands(settings, watch=False, store_must_exist=True)
+    try:
+        reply = commands.handle(Invocation(CONSOLE, "cli", CONSOLE, "who"))
+    finally:
+        gate.close()
+    print(reply.text)
+    return 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from bot.demo import run_demo as demo
+
+    if args.time_budget <= 0:
+        raise UsageError("--time-budget must be positive")
+    return demo(Path(args.data_dir), args.time_budget, retrain=not args.reuse)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    pass
+    p = sub.add_parser("serve", help="run the bot on Slack, Discord or the console",
+                       description="Serve Mimic's commands. Secrets come from the environment: SLACK_BOT_TOKEN and "
+                                   "SLACK_APP_TOKEN (Socket Mode) or SLACK_SIGNING_SECRET (HTTP mode); DISCORD_TOKEN.")
+    p.add_argument("platform", choices=["slack", "discord", "console"])
+    _config_args(p)
+    p.add_argument("--port", type=int, help="Slack HTTP mode port (default $PORT, else 3000)")
+    p.add_argument("--sync-global", action="store_true",
+                   help="Discord: publish the slash commands to every guild at start (slow; do it once)")
+    p.set_defaults(run=run_serve)
+
+    p = sub.add_parser("impersonate", help="print one message written as NAME (for scripts)")
+    p.add_argument("name", metavar="NAME", help="a speaker, handle, display or real name")
+    _config_args(p)
+    p.add_argument("--prompt", metavar="TEXT", help="the message's opening words")
+    p.add_argument("-srand", "--srand", type=int, default=None, help="random seed (repeatable output)")
+    p.add_argument("-temp", "--temp", type=float, default=None, help="temperature (default from the config)")
+    p.set_defaults(run=run_impersonate)
+
+    p = sub.add_parser("who", help="list the people the model can write as")
+    _config_args(p)
+    p.set_defaults(run=run_who)
+
+    p = sub.add_parser("demo", help="try Mimic offline: a made-up team, a model trained for a minute, a console",
+                       description="Generate a synthetic team chat, import it, train a small model briefly on the "
+                                   "CPU, then open the console (works with piped input too).")
+    p.add_argument("--time-budget", type=float, default=90.0, metavar="SECONDS", help="training time (default 90)")
+    p.add_argument("--data-dir", default="data/demo", metavar="DIR", help="where the demo keeps its files")
+    p.add_argument("--reuse", action="store_true", help="reuse the demo model from an earlier run if there is one")
+    p.set_defaults(run=run_demo)

@@ -230,7 +230,3 @@ def _ingest_file(header: ChannelHeader, converter: DiscordConverter, writer: Bat
             report.warn(f"{header.path}: not valid JSON ({exc.msg}); kept the messages before the error")
             return
 
-
-# The names these had while private; bot/capture.py imports them until it moves to the public ones.
-_DiscordConverter = DiscordConverter
-_Header = ChannelHeader

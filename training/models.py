@@ -24,7 +24,7 @@ BN_TRAIN_EPS = 1e-5
 @dataclass(frozen=True)
 class ModelConfig:
     arch: str = "gru"
-    hidden: int = 512
+    hidden: int = 256
     layers: int = 1
     dropout: float = 0.0
     vocab: int = VOCAB_SIZE

@@ -1,0 +1,191 @@
+"""The bot's serving path: command -> posted text latency, throughput under 50 concurrent requests, and the
+cost of the verbatim-copy check against a million-message corpus. Prints figures; not a test.
+
+    python benchmarks/bench_bot.py [--model PATH] [--requests 200] [--corpus-messages 1000000]
+
+Latency is measured through the command layer and the batching service (store lookups, speaker resolution,
+generation, copy check, mention safety), everything but the network: `Commands.handle` from the moment a
+command arrives until the reply text a Slack/Discord adapter would post.
+
+Without --model, a model of the default size (GRU, hidden 512, 1 layer) is built for timing only. Generation
+cost does not depend on what a model learned, but message length does, so its weights are set by hand: the
+output is uniform over printable ASCII, and one hidden unit counts steps (a GRU unit with a constant input
+and update gate 0.99 climbs smoothly towards 0.9) and drives the newline logit, so every message ends after
+about 200 characters. The model is served with a copy-check index of the benchmark's synthetic corpus, so
+each message also pays the copy check it pays in production.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import math
+import os
+import platform
+import random
+import re
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+from bot.capture import StoreAccess  # noqa: E402
+from bot.commands import Commands, Invocation, ModelGate  # noqa: E402
+from bot.config import GenerationSettings, LimitSettings, Settings, StorageSettings  # noqa: E402
+from bot.demo import TEAM, compose, write_demo_export  # noqa: E402
+
+TARGET_CHARS = 200
+
+
+def synthetic_corpus(n: int, seed: int = 0) -> list[str]:
+    """n chat messages as the store holds them (normalised): the demo team's voices, mentions as @names."""
+    rng = random.Random(seed)
+    talkers = [m for m in TEAM if m.weight > 0]
+    handles = {m.user_id: m.handle for m in TEAM}
+    mention = re.compile(r"<@([A-Z0-9]+)>")
+    return [mention.sub(lambda m: "@" + handles[m.group(1)], compose(rng.choice(talkers), rng)) for _ in range(n)]
+
+
+def timing_model(path: Path, speakers: dict[str, int], hidden: int = 512) -> Path:
+    """A default-size GRU whose messages end after about TARGET_CHARS characters (see the module docstring)."""
+    import torch
+
+    from export.metadata import model_metadata, write_atomic
+    from export.onnx_graph import build_onnx
+    from training.models import ModelConfig, build_model
+
+    cfg = ModelConfig(arch="gru", hidden=hidden)
+    model = build_model(cfg).eval()
+    h = hidden
+    z, c = 0.99, 0.9  # counter unit: h_t = c * (1 - z**t)
+    step = TARGET_CHARS + 8  # where the newline gets even odds; tuned so the median message is TARGET_CHARS
+    h_end = c * (1 - z ** step)
+    k = 1000.0  # steepness: the newline goes from unlikely to likely within a few characters of the target
+    with torch.no_grad():
+        rnn = model.rnn
+        for w in (rnn.weight_ih_l0, rnn.weight_hh_l0):
+            w[[0, h, 2 * h], :] = 0.0  # unit 0 ignores its input and the other units
+        rnn.bias_ih_l0[[0, h, 2 * h]] = torch.tensor([0.0, math.log(z / (1 - z)), math.atanh(c)])
+        rnn.bias_hh_l0[[0, h, 2 * h]] = 0.0
+        model.head.weight.zero_()
+        model.head.bias.fill_(-30.0)
+        model.head.bias[32:127] = 0.0  # printable ASCII, uniform: one byte is one character
+        model.head.weight[10, 0] = k
+        model.head.bias[10] = -k * h_end + math.log(95)  # even odds of ending exactly at the target
+    meta = model_metadata(cfg, corpus_kind="chat", line_break="\x1e", speakers=speakers, source="bench_bot")
+    weights = {name: t.detach().numpy() for name, t in model.state_dict().items()}
+    # Written without export's parity check: the steep newline logit turns float32 rounding in the state
+    # (~1e-6) into logit differences above its tolerance. Timing does not care.
+    write_atomic(path, build_onnx(cfg.to_dict(), weights, meta).SerializeToString())
+    return path
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, help="an .onnx chat model (default: a default-size model built for timing)")
+    ap.add_argument("--requests", type=int, default=200, help="requests for each latency measurement")
+    ap.add_argument("--concurrency", type=int, default=50)
+    ap.add_argument("--corpus-messages", type=int, default=1_000_000, help="copy-check corpus size")
+    ap.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
+    args = ap.parse_args()
+
+    from engine.copyindex import CopyIndex, build_copy_index, index_path_for
+    from training.ingest_slack import ingest_slack_export
+    from training.store import Store
+
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        db = tmp / "mimic.db"
+        with Store.open(db) as store:
+            ingest_slack_export(write_demo_export(tmp / "export"), store)
+            speakers = store.speaker_counts()
+
+        print(f"# machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+        corpus = synthetic_corpus(args.corpus_messages)
+        index_file = tmp / "corpus.copyindex.npy"
+        start = time.perf_counter()
+        build_copy_index(corpus, index_file)
+        build_s = time.perf_counter() - start
+        index = CopyIndex(index_file)
+        rng = random.Random(1)
+        novel = ["".join(rng.choice("abcdefghij klmnopqrstuvwxyz.,") for _ in range(TARGET_CHARS)) for _ in range(2000)]
+        copies = [rng.choice(corpus) for _ in range(2000)]
+        start = time.perf_counter()
+        hits_novel = sum(index.copies(t) for t in novel)
+        novel_us = (time.perf_counter() - start) / len(novel) * 1e6
+        start = time.perf_counter()
+        hits_copy = sum(index.copies(t) for t in copies)
+        copy_us = (time.perf_counter() - start) / len(copies) * 1e6
+        chars = sum(map(len, corpus))
+        print(f"\n## copy check, {len(corpus):,} messages ({chars / 1e6:.0f} M characters)")
+        print(f"index build: {build_s:.1f} s, {index_file.stat().st_size / 2**20:.0f} MiB")
+        print(f"check a new {TARGET_CHARS}-char message: {novel_us:.0f} µs (false hits {hits_novel}/{len(novel)})")
+        print(f"check a copied training message: {copy_us:.0f} µs (caught {hits_copy}/{len(copies)})")
+
+        if args.model is None:
+            model = timing_model(tmp / "model.onnx", speakers)
+            what = "GRU hidden 512 (default size), weights set for ~200-char messages"
+        else:
+            model = tmp / "model.onnx"
+            model.write_bytes(args.model.read_bytes())
+            what = str(args.model)
+        index_path_for(model).write_bytes(index_file.read_bytes())  # serve with the big copy index
+        del corpus
+
+        settings = Settings(storage=StorageSettings(data_dir=tmp_name, database=str(db), model=str(model)),
+                            generation=GenerationSettings(max_chars=300),
+                            limits=LimitSettings(user_limit=0, channel_limit=0))
+        gate = ModelGate.from_settings(settings, watch_seconds=None, threads=args.threads)
+        commands = Commands(settings, gate, StoreAccess(db))
+        people = ["ada", "grace", "linus", "marvin", "yoda"]
+
+        def one(i: int) -> tuple[float, int]:
+            inv = Invocation.from_text(f"impersonate {people[i % len(people)]}", platform="slack",
+                                       user_id=f"U{i}", channel_id="C0DEMOGEN", channel_name="general")
+            start = time.perf_counter()
+            reply = commands.handle(inv)
+            elapsed = time.perf_counter() - start
+            if reply.private:
+                raise SystemExit(f"bench_bot: request refused: {reply.text}")
+            return elapsed, len(html.unescape(reply.text))  # characters written, before Slack's escaping
+
+        for i in range(5):  # warm up: sessions, caches, the batching thread
+            one(i)
+        sequential = [one(i) for i in range(args.requests)]
+        lat = [t for t, _ in sequential]
+        lengths = [n for _, n in sequential]
+        print(f"\n## command -> posted text, {what}, CPU, {args.threads} ORT thread(s)")
+        print(f"message length: median {statistics.median(lengths):.0f} chars "
+              f"(p5 {percentile(lengths, 5):.0f}, p95 {percentile(lengths, 95):.0f})")
+        print(f"one at a time ({args.requests} requests): p50 {percentile(lat, 50) * 1e3:.0f} ms, "
+              f"p99 {percentile(lat, 99) * 1e3:.0f} ms")
+
+        service = gate.service()
+        batches_before, jobs_before = service.batches_run, service.jobs_run
+        total = max(args.requests, args.concurrency * 4)
+        with ThreadPoolExecutor(args.concurrency) as pool:
+            start = time.perf_counter()
+            loaded = list(pool.map(one, range(total)))
+            wall = time.perf_counter() - start
+        lat = [t for t, _ in loaded]
+        batches = service.batches_run - batches_before
+        print(f"{args.concurrency} concurrent ({total} requests): {total / wall:.1f} messages/s, "
+              f"p50 {percentile(lat, 50) * 1e3:.0f} ms, p99 {percentile(lat, 99) * 1e3:.0f} ms, "
+              f"{(service.jobs_run - jobs_before) / max(1, batches):.1f} requests per batch")
+        gate.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

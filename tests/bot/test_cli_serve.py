@@ -1,0 +1,123 @@
+"""`mimic serve`, `mimic impersonate`, `mimic who`, `mimic demo` through the real entry point."""
+
+from __future__ import annotations
+
+import io
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bot.cli import main
+from tests.bot.conftest import ChatWorld
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def one_line_error(capsys: pytest.CaptureFixture, needle: str) -> None:
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("mimic:")]
+    assert len(lines) == 1 and needle in lines[0], err
+    assert "Traceback" not in err
+
+
+def test_impersonate_prints_one_message(chat_world: ChatWorld, db: Path, capsys: pytest.CaptureFixture) -> None:
+    args = ["impersonate", "grace", "--model", str(chat_world.model), "--db", str(db), "-srand", "3",
+            "--prompt", "Good"]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert first.startswith("Good") and first.endswith("\n")
+    assert main(args) == 0
+    assert capsys.readouterr().out == first  # -srand makes it repeatable
+    assert main(["impersonate", "Grace Lindqvist", "--model", str(chat_world.model), "-temp", "0.5"]) == 0
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["impersonate", "bob"], "no such person in the model: bob"),
+    (["impersonate", "sam"], "not enough messages from Sam yet (6)"),
+    (["impersonate", "ada", "-temp", "0"], "temperature"),
+])
+def test_impersonate_errors_are_one_line(chat_world: ChatWorld, db: Path, capsys: pytest.CaptureFixture,
+                                         args: list[str], needle: str) -> None:
+    assert main([*args, "--model", str(chat_world.model), "--db", str(db)]) == 2
+    one_line_error(capsys, needle)
+
+
+def test_no_model_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["impersonate", "ada", "--data-dir", str(tmp_path)]) == 2
+    one_line_error(capsys, "no model loaded yet")
+
+
+def test_who(chat_world: ChatWorld, db: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["who", "--model", str(chat_world.model), "--db", str(db)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("I can write as 5 people") and "• grace (Grace): " in out
+
+
+def test_serve_console_with_piped_input(chat_world: ChatWorld, db: Path, monkeypatch: pytest.MonkeyPatch,
+                                        capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO("who\nimpersonate ada\nquit\n"))
+    with caplog.at_level(logging.INFO):
+        assert main(["serve", "console", "--model", str(chat_world.model), "--db", str(db)]) == 0
+    out = capsys.readouterr().out
+    assert "mimic> who" in out and "Ada (mimic): " in out
+    health = caplog.text
+    assert "model model.onnx" in health and "people" in health and "message store" in health
+
+
+@pytest.mark.parametrize(("platform", "needle"), [
+    ("slack", "SLACK_SIGNING_SECRET is not set"),
+    ("discord", "DISCORD_TOKEN is not set"),
+])
+def test_serve_without_secrets(tmp_path: Path, capsys: pytest.CaptureFixture, platform: str, needle: str) -> None:
+    assert main(["serve", platform, "--data-dir", str(tmp_path)]) == 2
+    one_line_error(capsys, needle)
+
+
+def test_serve_slack_needs_the_bot_token(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLACK_SIGNING_SECRET", "s")
+    assert main(["serve", "slack", "--data-dir", str(tmp_path)]) == 2
+    one_line_error(capsys, "SLACK_BOT_TOKEN is not set")
+
+
+def test_bad_config_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text("[limits]\nuser_limit = -3\n")
+    assert main(["serve", "console", "--config", str(config)]) == 2
+    one_line_error(capsys, "[limits] user_limit must be 0 (unlimited) or more")
+    config.write_text("[slack]\nbot_token = 'xoxb-1'\n")
+    assert main(["who", "--config", str(config)]) == 2
+    one_line_error(capsys, "secrets are read only from the environment")
+
+
+def test_demo_runs_offline_with_piped_input(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "bot.cli", "demo", "--time-budget", "3", "--data-dir",
+                           str(tmp_path / "demo")], input="who\nimpersonate ada\nimpersonate sam\n", cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "mimic> who" in out and "I can write as 5 people" in out
+    assert "mimic> impersonate ada" in out and "not enough messages from Sam yet (6)" in out
+    assert "imported the team's chat" in proc.stderr and "trained" in proc.stderr
+    assert (tmp_path / "demo" / "model" / "model.copyindex.npy").is_file()
+
+
+def test_procfile_runs_one_process_per_adapter() -> None:
+    lines = (ROOT / "Procfile").read_text().splitlines()
+    assert lines == ["slack: mimic serve slack", "discord: mimic serve discord", "worker: mimic scheduler"]
+
+
+def test_serving_path_never_imports_torch(tmp_path: Path) -> None:
+    probe = (
+        "import sys\n"
+        "import bot.cli, bot.cli_serve, bot.slack_adapter, bot.discord_adapter, bot.console_adapter\n"
+        "from bot.config import Settings, StorageSettings\n"
+        "from bot.cli_serve import build_commands\n"
+        f"commands, gate, stores = build_commands(Settings(storage=StorageSettings(data_dir={str(tmp_path)!r})))\n"
+        "commands.handle(__import__('bot.commands').commands.Invocation('console', 'you', 'console', 'help'))\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", probe], cwd=ROOT, check=True, timeout=120)

@@ -1,0 +1,254 @@
+"""bot/commands.py: every verb and every error path, on a real store and a real (tiny) speaker-tagged model."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from bot.capture import StoreAccess
+from bot.commands import Commands, Invocation, ModelGate, Reply, split_person
+from bot.config import Settings, SlackSettings
+from bot.ratelimit import RateLimits
+from bot.safety import ZWSP
+from tests.bot.conftest import ADA, GENERAL, GRACE, SAM, ChatWorld, make_settings
+
+
+def slack(text: str, *, user: str = GRACE, channel: str = GENERAL, kind: str = "public", name: str = "general",
+          **kw) -> Invocation:
+    return Invocation.from_text(text, platform="slack", user_id=user, channel_id=channel, channel_kind=kind,
+                                channel_name=name, **kw)
+
+
+def console(text: str) -> Invocation:
+    return Invocation.from_text(text, platform="console", user_id="you", channel_id="console")
+
+
+@pytest.mark.parametrize("person", ["ada", "ADA", "@ada", "Ada", "ada okonkwo", '"Ada Okonkwo"', f"<@{ADA}>",
+                                    f"<@{ADA}|ada>", "<@U0NOTSTORED|ada>"])
+def test_impersonate_by_any_name(commands: Commands, person: str) -> None:
+    reply = commands.handle(slack(f"impersonate {person}"))
+    assert not reply.private, reply.text
+    assert reply.as_name == "Ada (mimic)"
+    assert reply.as_icon == "https://avatars.example.invalid/ada_192.png"
+    assert reply.person_id == ADA and reply.text.strip() and reply.model_version
+
+
+def test_the_prompt_opens_the_message_and_mentions_in_it_are_neutralised(commands: Commands) -> None:
+    reply = commands.handle(slack(f"impersonate grace <!channel> thanks <@{ADA}> & all"))
+    assert reply.text.startswith(f"@{ZWSP}channel thanks @ada &amp; all"), reply.text
+    assert "<!" not in reply.text and "<@" not in reply.text
+
+
+def test_split_person() -> None:
+    assert split_person("<@U1|ada lovelace> hi there") == ("<@U1|ada lovelace>", "hi there")
+    assert split_person('"Ada Okonkwo" hi') == ("Ada Okonkwo", "hi")
+    assert split_person("@ada") == ("@ada", "")
+    assert split_person("  ") == ("", "")
+
+
+@pytest.mark.parametrize(("text", "needle"), [
+    ("impersonate bob", "no such person in the model: bob"),
+    ("impersonate adda", "did you mean ada"),
+    ("impersonate sam", "not enough messages from Sam yet (6)"),
+    ("impersonate <@U0NOBODY>", "I have no messages from that person yet"),
+    ("impersonate", "usage: impersonate &lt;person&gt;"),  # Slack text: escaped
+    ("dance", "I don't know the command 'dance'"),
+    ("forget ada", "only Mimic's admins can use `forget`"),
+    ("retrain", "only Mimic's admins can use `retrain`"),
+    ("impersonate ada " + "x" * 201, "the opening words are too long (201 characters; at most 200)"),
+])
+def test_errors_are_private_one_liners(commands: Commands, text: str, needle: str) -> None:
+    reply = commands.handle(slack(text))
+    assert reply.private and needle in reply.text, reply.text
+    assert reply.as_name is None and "\n" not in reply.text and "Traceback" not in reply.text
+
+
+def test_opted_out_people_are_refused_politely(commands: Commands) -> None:
+    assert "Done: I won't impersonate you" in commands.handle(slack("optout", user=ADA)).text
+    for person in ("ada", f"<@{ADA}>", "Ada Okonkwo"):
+        reply = commands.handle(slack(f"impersonate {person}"))
+        assert reply.private and reply.text == "Ada has opted out of being impersonated, sorry."
+    assert "ada" not in commands.handle(slack("who")).text
+    assert "back in" in commands.handle(slack("optin", user=ADA)).text
+    assert not commands.handle(slack("impersonate ada")).private
+
+
+def test_optout_before_ever_speaking(commands: Commands, db: Path) -> None:
+    reply = commands.handle(slack("optout", user="U0LURKER", user_name="lurker"))
+    assert "Done" in reply.text
+    user = StoreAccess(db).person_by_id("slack", "U0LURKER")
+    assert user is not None and user.opted_out  # recorded before their first message is ever captured
+
+
+def test_consent_for_someone_else_needs_an_admin(commands: Commands) -> None:
+    assert "only admins can name someone else" in commands.handle(slack("optout ada")).text
+    assert "Done: I won't impersonate Ada" in commands.handle(console("optout ada")).text
+    assert "the console has no chat identity" in commands.handle(console("optout")).text
+
+
+def test_forget(settings: Settings, gate: ModelGate, db: Path) -> None:
+    admin = replace(settings, slack=SlackSettings(admins=(GRACE,)))
+    commands = Commands(admin, gate, StoreAccess(db))
+    reply = commands.handle(slack(f"forget <@{ADA}>"))
+    assert reply.private and reply.text.startswith("Forgot Ada: deleted ") and "messages" in reply.text
+    # The model still knows ada until it is retrained: Mimic must refuse anyway, by every name.
+    for person in ("ada", "Ada", f"<@{ADA}>"):
+        refused = commands.handle(slack(f"impersonate {person}"))
+        assert refused.private and ("forgotten" in refused.text or "opted out" in refused.text), refused.text
+    assert "• ada" not in commands.handle(slack("who")).text
+    assert "forgotten" in commands.handle(slack("optin", user=ADA)).text  # forgetting is for good
+    assert "no one called 'nobody'" in commands.handle(slack("forget nobody")).text
+
+
+def test_retrain_hook(settings: Settings, gate: ModelGate, db: Path) -> None:
+    admin = replace(settings, slack=SlackSettings(admins=(GRACE,)))
+    assert Commands(admin, gate).handle(slack("retrain")).text == "retraining is not configured here."
+    calls: list[str] = []
+    told: list[str] = []
+
+    def queue(requested_by: str, report) -> str:
+        calls.append(requested_by)
+        report("training <!channel> 50%")  # progress arrives later, privately, and safe for the platform
+        return "Retraining queued."
+
+    reply = Commands(admin, gate, retrain=queue).handle(slack("retrain", notify=told.append))
+    assert reply.private and reply.text == "Retraining queued." and calls == [f"slack:{GRACE}"]
+    assert told == [f"training @{ZWSP}channel 50%"]
+
+
+def test_who_lists_people_with_counts(commands: Commands) -> None:
+    reply = commands.handle(slack("who"))
+    assert reply.private
+    lines = reply.text.splitlines()
+    assert lines[0].startswith("I can write as 5 people")
+    assert any(line.startswith("• ada (Ada): ") and line.endswith(" messages") for line in lines)
+    assert "sam" not in reply.text.split("(")[0] and "1 more need at least 30 messages" in reply.text
+
+
+def test_help_shows_admin_commands_to_admins_only(commands: Commands) -> None:
+    assert "forget" not in commands.handle(slack("help")).text
+    assert "forget <person>" in commands.handle(console("help")).text
+    assert commands.handle(slack("")).text == commands.handle(slack("help")).text
+
+
+def test_speak_channels(settings: Settings, gate: ModelGate, db: Path) -> None:
+    commands = Commands(settings, gate, StoreAccess(db))
+    for kind in ("dm", "private", "mpim", "unknown"):
+        reply = commands.handle(slack("impersonate ada", channel="G0SECRET", kind=kind, name="secret"))
+        assert reply.private and "I don't post in this channel" in reply.text
+    listed = Commands(replace(settings, slack=SlackSettings(speak_channels=("public", "G0SECRET"))), gate)
+    assert not listed.handle(slack("impersonate ada", channel="G0SECRET", kind="private")).private
+    quiet = Commands(replace(settings, slack=SlackSettings(speak_channels=("#bots",))), gate)
+    assert quiet.handle(slack("impersonate ada")).private
+    assert not quiet.handle(slack("impersonate ada", channel="C0BOTS", name="bots")).private
+    assert quiet.handle(slack("who")).text.startswith("I can write as")  # private replies work anywhere
+
+
+def test_rate_limits_per_person_and_channel(settings: Settings, gate: ModelGate, db: Path) -> None:
+    now = [0.0]
+    limits = RateLimits(user_limit=2, channel_limit=3, window=60, clock=lambda: now[0])
+    commands = Commands(settings, gate, StoreAccess(db), limits=limits)
+    assert not commands.handle(slack("impersonate ada")).private
+    assert commands.handle(slack("impersonate bob")).private  # refused before generation: does not count
+    assert commands.handle(slack("impersonate sam")).private  # too few messages: does not count either
+    assert not commands.handle(slack("impersonate grace")).private
+    slow = commands.handle(slack("impersonate ada"))
+    assert slow.private and slow.text.startswith("slow down: you can ask for 2 impersonations every 60 s")
+    assert not commands.handle(slack("impersonate ada", user=ADA)).private
+    busy = commands.handle(slack("impersonate ada", user=SAM))
+    assert busy.private and "this channel has had its 3 impersonations" in busy.text
+    assert not commands.handle(slack("impersonate ada", user=SAM, channel="C0OTHER", name="other")).private
+    now[0] += 61
+    assert not commands.handle(slack("impersonate ada")).private
+    for _ in range(5):  # the console is one person at their own terminal: no limits
+        assert not commands.handle(console("impersonate ada")).private
+
+
+def test_no_model_loaded_yet_then_one_appears(tmp_path: Path, chat_world: ChatWorld, db: Path) -> None:
+    model = tmp_path / "models" / "model.onnx"
+    settings = make_settings(model, db)
+    now = [0.0]
+    gate = ModelGate.from_settings(settings, watch_seconds=None, retry_seconds=30, clock=lambda: now[0])
+    commands = Commands(settings, gate, StoreAccess(db))
+    try:
+        for text in ("impersonate ada", "who"):
+            reply = commands.handle(slack(text))
+            assert reply.private and reply.text.startswith("no model loaded yet"), reply.text
+        assert Commands(settings, None).handle(slack("impersonate ada")).text.startswith("no model loaded")
+        model.parent.mkdir()
+        shutil.copy(chat_world.model, model)
+        assert commands.handle(slack("impersonate ada")).private  # not looked for again before retry_seconds
+        now[0] += 31
+        assert not commands.handle(slack("impersonate ada")).private
+    finally:
+        gate.close()
+
+
+def test_a_plain_text_model_knows_no_people(tiny_model: Path, db: Path) -> None:
+    gate = ModelGate.from_settings(make_settings(tiny_model, db), watch_seconds=None)
+    try:
+        reply = Commands(make_settings(tiny_model, db), gate).handle(slack("impersonate ada"))
+        assert reply.private and "trained on plain text" in reply.text
+    finally:
+        gate.close()
+
+
+def test_a_bug_becomes_an_apology_and_a_logged_traceback(commands: Commands, caplog: pytest.LogCaptureFixture,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(commands, "_generate", broken)
+    with caplog.at_level(logging.ERROR, logger="bot.commands"):
+        reply = commands.handle(slack("impersonate ada"))
+    assert reply == Reply("sorry, something went wrong on my side; it has been logged.", private=True)
+    assert "boom" in caplog.text
+
+
+def test_write_as_is_repeatable_with_a_seed(commands: Commands) -> None:
+    first = commands.write_as("grace", "Good", srand=5)
+    assert first == commands.write_as("grace", "Good", srand=5)
+    assert first.text.startswith("Good")
+
+
+def test_hot_reload_under_concurrent_requests(tmp_path: Path, chat_world: ChatWorld, db: Path) -> None:
+    """Requests keep coming from many threads while the registry's `current` moves to a new version: none
+    fails, and the requests after the switch are served by the new version."""
+    registry = tmp_path / "registry"
+    for version in ("v1", "v2"):
+        (registry / "versions" / version).mkdir(parents=True)
+        for f in chat_world.model.parent.glob("model.*"):
+            shutil.copy(f, registry / "versions" / version / f.name)
+    (registry / "current").write_text("v1\n")
+    settings = make_settings(registry, db)
+    gate = ModelGate.from_settings(settings, watch_seconds=None)
+    commands = Commands(settings, gate, StoreAccess(db))
+    try:
+        assert commands.handle(slack("impersonate ada")).model_version == "v1"
+        switched = threading.Event()
+
+        def ask(i: int) -> tuple[bool, Reply]:
+            after = switched.is_set()
+            return after, commands.handle(slack(f"impersonate {('ada', 'grace', 'linus')[i % 3]}", user=f"U{i}"))
+
+        with ThreadPoolExecutor(8) as pool:
+            futures = [pool.submit(ask, i) for i in range(24)]
+            tmp = registry / "current.tmp"
+            tmp.write_text("v2\n")
+            os.replace(tmp, registry / "current")  # the atomic switch nightly retraining makes
+            assert gate.service().holder.refresh()
+            switched.set()
+            futures += [pool.submit(ask, i) for i in range(24, 48)]
+            results = [f.result() for f in futures]
+        assert all(not reply.private for _, reply in results), [r.text for _, r in results if r.private]
+        assert all(reply.model_version == "v2" for after, reply in results if after)
+        assert {reply.model_version for _, reply in results} <= {"v1", "v2"}
+    finally:
+        gate.close()
