@@ -1,7 +1,189 @@
-"""Placeholder: this group of subcommands is not written yet."""
+"""`mimic models list|promote|rollback`, `mimic retrain`, `mimic scheduler`: the model registry and retraining.
+
+Each reads the config (`--config`, or $MIMIC_CONFIG) and takes `--data-dir`, `--db` and `--model` (the
+registry directory) flags that win over it, so scripts need no config file. Handlers parse and delegate to
+export/registry.py, bot/retrain.py and bot/scheduler.py; torch is loaded only by `retrain` and `scheduler`.
+"""
+
+from __future__ import annotations
 
 import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from bot.errors import ConfigError
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from bot.config import load_settings
+
+    return load_settings(args.config, os.environ).override(data_dir=args.data_dir, database=args.db,
+                                                           model=args.model)
+
+
+def _registry(args: argparse.Namespace) -> Any:
+    from export.registry import Registry
+
+    path = _settings(args).storage.model_path
+    if path.suffix.lower() == ".onnx":
+        raise ConfigError(f"[storage] model is one file ({path}); the model registry is a directory")
+    return Registry.open(path)
+
+
+def _table(versions: list[Any], problem: str | None) -> str:
+    if not versions:
+        return "no model versions yet; run `mimic retrain`"
+    rows = [("", "VERSION", "STATE", "CREATED", "PARENT", "BITS/CHAR", "MESSAGES", "TRAINING", "WHY")]
+    for v in versions:
+        m = v.manifest
+        bpc = m.get("val_bpc")
+        training = m.get("training") or {}
+        decision = (m.get("decision") or {}).get("reason") or ("in progress or interrupted"
+                                                               if v.state == "incomplete" else "")
+        messages = ((m.get("data") or {}).get("watermark") or {}).get("messages")
+        rows.append(("*" if v.current else "", v.name, v.state, str(m.get("created", ""))[:16].replace("T", " "),
+                     m.get("parent") or "-", f"{bpc:.4f}" if isinstance(bpc, int | float) else "-",
+                     f"{messages:,}" if isinstance(messages, int) else "-",
+                     f"{training.get('mode', '-')}, {training.get('steps', '?')} steps, {training.get('device', '?')}"
+                     if training else "-", decision[:70]))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1] for r in rows]
+    if problem:
+        lines.append(f"warning: {problem}; the bots keep serving the model they have loaded")
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def run_list(args: argparse.Namespace) -> int:
+    registry = _registry(args)
+    versions = registry.list_versions()
+    if args.json:
+        print(json.dumps([v.as_dict() for v in versions], ensure_ascii=False, indent=2))
+    else:
+        print(_table(versions, registry.pointer_problem() if versions else None))
+    return 0
+
+
+def run_promote(args: argparse.Namespace) -> int:
+    previous = _registry(args).promote(args.version, "promoted by hand (mimic models promote)")
+    print(f"mimic: now serving {args.version}" + (f" (was {previous})" if previous and previous != args.version
+                                                  else ""), file=sys.stderr)
+    return 0
+
+
+def run_rollback(args: argparse.Namespace) -> int:
+    now, was = _registry(args).rollback("rolled back by hand (mimic models rollback)")
+    print(f"mimic: rolled back to {now}" + (f" (was {was})" if was else ""), file=sys.stderr)
+    return 0
+
+
+def _retrain_options(args: argparse.Namespace) -> Any:
+    from bot.retrain import options_from_settings
+
+    model = {k: v for k, v in (("arch", args.arch), ("hidden", args.hidden), ("layers", args.layers)) if v is not None}
+    return options_from_settings(
+        _settings(args), time_budget=args.time_budget, steps=args.steps, from_scratch=args.from_scratch or None,
+        model=model or None, tolerance=args.tolerance, batch_size=args.batch_size, seq_len=args.seq_len,
+        lr=args.lr, warm_lr=args.warm_lr,
+        checkpoint_every=args.checkpoint_every, threads=args.threads, device=args.device, seed=args.seed)
+
+
+class _LazyBar:
+    """A training bar that appears when training starts (not during the catch-up)."""
+
+    def __init__(self, steps: int | None, time_budget: float | None):
+        self.steps, self.time_budget, self.bar = steps, time_budget, None
+
+    def __call__(self, p: Any) -> None:
+        from bot.progress import TrainingBar
+
+        if self.bar is None:
+            self.bar = TrainingBar(self.steps, None if self.steps else self.time_budget)
+        self.bar(p)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def run_retrain(args: argparse.Namespace) -> int:
+    from bot.retrain import run_retrain as retrain
+
+    opts = _retrain_options(args)
+    bar = _LazyBar(opts.steps, opts.time_budget)
+    try:
+        outcome = retrain(opts, trigger="manual", on_progress=bar, log_outcome=False)
+    finally:
+        bar.close()
+    if args.json:
+        print(json.dumps(outcome.as_dict(), ensure_ascii=False, indent=2))
+    if not outcome.ok:
+        print(f"mimic: {outcome.summary()}", file=sys.stderr)
+        return 2
+    if not args.json:
+        print(outcome.summary())
+    return 0
+
+
+def run_scheduler(args: argparse.Namespace) -> int:
+    from bot.retrain import options_from_settings
+    from bot.scheduler import start_worker
+
+    settings = _settings(args)
+    start_worker(options_from_settings(settings), settings.retrain.schedule, settings.retrain.timezone)
+    return 0
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="PATH", help="config file (default $MIMIC_CONFIG, else built-in defaults)")
+    p.add_argument("--data-dir", metavar="DIR", help="data directory (overrides [storage] data_dir)")
+    p.add_argument("--db", metavar="PATH", help="message store (overrides [storage] database)")
+    p.add_argument("--model", metavar="DIR", help="model registry directory (default <data dir>/models)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    pass
+    p = sub.add_parser("models", help="list, promote or roll back model versions in the registry")
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    a = actions.add_parser("list", help="every version, which one is current, and why each was (not) promoted")
+    _common(a)
+    a.add_argument("--json", action="store_true", help="a JSON list of versions with their manifest fields")
+    a.set_defaults(run=run_list)
+    a = actions.add_parser("promote", help="serve VERSION now (the bots pick it up without a restart)")
+    a.add_argument("version", metavar="VERSION")
+    _common(a)
+    a.set_defaults(run=run_promote)
+    a = actions.add_parser("rollback", help="serve the previously promoted version again")
+    _common(a)
+    a.set_defaults(run=run_rollback)
+
+    p = sub.add_parser("retrain", help="run the retraining job once: catch up, train, evaluate, promote",
+                       description="Fetch new messages, train (warm start from the serving model), export with "
+                                   "the parity check, and promote the result if it is not worse. Exit code 2 "
+                                   "when the run failed or another run is in progress.")
+    _common(p)
+    p.add_argument("--from-scratch", action="store_true", help="train a new model instead of fine-tuning")
+    p.add_argument("--time-budget", type=float, metavar="SECONDS", help="seconds of training ([retrain] time_budget)")
+    p.add_argument("--steps", type=int, metavar="N", help="stop after N steps (or the time budget, if sooner)")
+    p.add_argument("--tolerance", type=float, help="bits/char the candidate may be worse ([retrain] tolerance)")
+    m = p.add_argument_group("model for a from-scratch run (default: the serving model's, else gru 512)")
+    m.add_argument("--arch")
+    m.add_argument("--hidden", type=int)
+    m.add_argument("--layers", type=int)
+    t = p.add_argument_group("training")
+    t.add_argument("--batch-size", type=int)
+    t.add_argument("--seq-len", type=int)
+    t.add_argument("--lr", type=float, help="learning rate from scratch (default 3e-3)")
+    t.add_argument("--warm-lr", type=float, help="learning rate when fine-tuning (default 1e-3)")
+    t.add_argument("--checkpoint-every", type=int, metavar="N", help="steps between checkpoints (default 200)")
+    t.add_argument("--threads", type=int)
+    t.add_argument("--device", help="auto (CUDA when present), cpu or cuda")
+    t.add_argument("--seed", type=int)
+    p.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    p.set_defaults(run=run_retrain)
+
+    p = sub.add_parser("scheduler", help="the worker: retrain on the [retrain] schedule and on admin requests",
+                       description="Runs until stopped. Start exactly one (the Procfile's worker process).")
+    _common(p)
+    p.set_defaults(run=run_scheduler)
+

@@ -61,7 +61,6 @@ def train_and_export(data: TrainingData, model_cfg: Any, train_cfg: Any, out_dir
                      resume: str | Path | None = None, init_from: str | Path | None = None,
                      export: bool = True, on_progress: Callable | None = None) -> tuple[Any, Path | None]:
     """Train, then write out_dir/model.onnx (parity-checked). Returns (TrainResult, onnx path or None)."""
-    from export.onnx_export import export_checkpoint
     from training.trainer import train
 
     info = dict(data.info)
@@ -73,9 +72,17 @@ def train_and_export(data: TrainingData, model_cfg: Any, train_cfg: Any, out_dir
                    init_from=init_from, corpus_info=info, on_progress=on_progress)
     if result.interrupted or not export or result.step == 0 or not result.is_main:
         return result, None
-    report = export_checkpoint(result.checkpoint, Path(out_dir) / "model.onnx")
+    return result, export_for_serving(data, result.checkpoint, Path(out_dir) / "model.onnx")
+
+
+def export_for_serving(data: TrainingData, checkpoint: str | Path, onnx_path: str | Path) -> Path:
+    """The export half of `train_and_export` on its own (parity-checked ONNX, plus the copy index for chat
+    data), so the retraining job can tell a failed export from a failed training run."""
+    from export.onnx_export import export_checkpoint
+
+    report = export_checkpoint(checkpoint, onnx_path)
     if data.messages is not None:
         from engine.copyindex import build_copy_index, index_path_for
 
         build_copy_index(data.messages(), index_path_for(report.path))
-    return result, report.path
+    return report.path

@@ -1,0 +1,115 @@
+"""`mimic models list|promote|rollback`, `mimic retrain` and `mimic scheduler` through the real entry point."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from bot import cli_models
+from bot.cli import build_parser, main
+from bot.retrain import RunLock
+from export.registry import CHECKPOINT_FILE, MODEL_FILE, Registry, version_name
+
+
+def _registry_with(data_dir: Path, n: int, rejected: int = 0) -> list[str]:
+    """A registry of n promoted versions (and some rejected ones) with placeholder files: no torch needed."""
+    reg = Registry.open(data_dir / "models", create=True)
+    names = []
+    for i in range(n + rejected):
+        name = version_name(datetime(2026, 11, 1, 3, tzinfo=UTC) + timedelta(days=i))
+        d = reg.start(name, {"created": f"2026-11-{i + 1:02d}T03:00:00+00:00", "parent": names[-1] if names else None})
+        (d / MODEL_FILE).write_bytes(b"onnx")
+        (d / CHECKPOINT_FILE).write_bytes(b"ckpt")
+        manifest = {**reg.manifest(name), "val_bpc": 2.5 - i / 10,
+                    "training": {"mode": "warm-start", "steps": 100, "device": "cpu"},
+                    "data": {"watermark": {"messages": 1000 + i}}}
+        reg.commit(name, manifest, promote=i < n, reason="not worse" if i < n else "worse than the current one")
+        names.append(name)
+    return names
+
+
+def _one_line_error(capsys: pytest.CaptureFixture, rc: int, needle: str) -> None:
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("mimic:")]
+    assert rc == 2 and len(lines) == 1 and needle in lines[0], err
+    assert "Traceback" not in err
+
+
+def test_list_table_and_json(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    names = _registry_with(tmp_path, 2, rejected=1)
+    assert main(["models", "list", "--data-dir", str(tmp_path)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:3] == ["VERSION", "STATE", "CREATED"]
+    current = [line for line in table if line.startswith("*")]
+    assert len(current) == 1 and names[1] in current[0] and "promoted" in current[0] and "2.4000" in current[0]
+    assert any(names[2] in line and "rejected" in line and "worse than" in line for line in table)
+
+    assert main(["models", "list", "--json", "--data-dir", str(tmp_path)]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [(v["name"], v["state"], v["current"]) for v in listed] == [
+        (names[0], "promoted", False), (names[1], "promoted", True), (names[2], "rejected", False)]
+    assert listed[1]["parent"] == names[0] and listed[1]["val_bpc"] == pytest.approx(2.4)
+    assert listed[1]["decision"]["reason"] == "not worse" and listed[1]["data"]["watermark"]["messages"] == 1001
+
+
+def test_promote_and_rollback(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    names = _registry_with(tmp_path, 3)
+    reg = Registry(tmp_path / "models")
+    assert main(["models", "rollback", "--data-dir", str(tmp_path)]) == 0
+    assert reg.current() == names[1] and f"rolled back to {names[1]} (was {names[2]})" in capsys.readouterr().err
+    assert main(["models", "promote", names[2], "--model", str(tmp_path / "models")]) == 0
+    assert reg.current() == names[2]
+    assert main(["models", "rollback", "--data-dir", str(tmp_path)]) == 0
+    assert main(["models", "rollback", "--data-dir", str(tmp_path)]) == 0
+    assert reg.current() == names[0]
+    capsys.readouterr()
+    _one_line_error(capsys, main(["models", "rollback", "--data-dir", str(tmp_path)]), "nothing to roll back to")
+    _one_line_error(capsys, main(["models", "promote", "nope", "--data-dir", str(tmp_path)]), "no version 'nope'")
+
+
+def test_missing_registry_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    _one_line_error(capsys, main(["models", "list", "--data-dir", str(tmp_path)]), "no model registry here yet")
+
+
+def test_config_file_and_flags_that_override_it(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    config = tmp_path / "mimic.toml"
+    config.write_text(f'[storage]\ndata_dir = "{tmp_path / "from-config"}"\n\n[retrain]\ntime_budget = 120.0\n'
+                      "tolerance = 0.5\nkeep_versions = 3\n")
+    _registry_with(tmp_path / "from-config", 1)
+    assert main(["models", "list", "--config", str(config)]) == 0
+    assert "promoted" in capsys.readouterr().out
+
+    args = build_parser().parse_args(["retrain", "--config", str(config)])
+    opts = cli_models._retrain_options(args)
+    assert opts.data_dir == tmp_path / "from-config" and opts.registry == tmp_path / "from-config" / "models"
+    assert (opts.time_budget, opts.tolerance, opts.keep_versions, opts.from_scratch) == (120.0, 0.5, 3, False)
+
+    args = build_parser().parse_args(["retrain", "--config", str(config), "--data-dir", str(tmp_path / "flag"),
+                                      "--db", str(tmp_path / "other.db"), "--time-budget", "7", "--from-scratch",
+                                      "--hidden", "64"])
+    opts = cli_models._retrain_options(args)
+    assert opts.data_dir == tmp_path / "flag" and opts.registry == tmp_path / "flag" / "models"
+    assert opts.db == tmp_path / "other.db" and opts.time_budget == 7.0 and opts.from_scratch
+    assert opts.model == {"hidden": 64}
+
+
+def test_retrain_exits_at_once_when_a_run_holds_the_lock(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    with RunLock(tmp_path):
+        rc = main(["retrain", "--data-dir", str(tmp_path), "--steps", "1"])
+    _one_line_error(capsys, rc, "another retraining run is in progress")
+
+
+def test_retrain_without_a_store_fails_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    rc = main(["retrain", "--data-dir", str(tmp_path), "--steps", "1"])
+    _one_line_error(capsys, rc, "retraining failed at corpus")
+    runs = Registry(tmp_path / "models").runs()
+    assert runs[-1]["status"] == "failed" and "no message store" in runs[-1]["reason"]
+
+
+def test_scheduler_rejects_a_bad_schedule(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    config = tmp_path / "mimic.toml"
+    config.write_text('[retrain]\nschedule = "every night"\n')
+    _one_line_error(capsys, main(["scheduler", "--config", str(config), "--data-dir", str(tmp_path)]), "schedule")
