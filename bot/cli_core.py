@@ -21,7 +21,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     src.add_argument("--db", metavar="PATH", help="a Mimic message store: train on its speaker-tagged corpus")
     m = p.add_argument_group("model")
     m.add_argument("--arch", default="gru", help="gru (default), lstm or darknet-rnn")
-    m.add_argument("--hidden", type=int, default=512, help="hidden size (default 512)")
+    m.add_argument("--hidden", type=int, default=256, help="hidden size (default 256: see the README's benchmark)")
     m.add_argument("--layers", type=int, default=1, help="recurrent layers / Darknet [rnn] modules (default 1)")
     m.add_argument("--dropout", type=float, default=0.0)
     m.add_argument("--no-batch-norm", action="store_true", help="darknet-rnn without batch normalisation")
@@ -141,20 +141,32 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from engine.evaluate import bits_per_char
-    from engine.session import ModelSession
+    from bot import eval_report, evaluation
 
     text_path = args.text or args.file
-    if not text_path:
-        raise UsageError("usage: mimic eval MODEL FILE")
-    path = Path(text_path)
-    if not path.is_file():
-        raise UsageError(f"{path}: no such file")
-    data = path.read_bytes()
-    if len(data) < 2:
-        raise UsageError(f"{path}: too short to evaluate (needs at least 2 bytes)")
-    bpc = bits_per_char(ModelSession(args.model), data)
-    print(f"{bpc:.4f} bits/char on {path} ({len(data):,} bytes)")
+    if not args.model and not args.plot:
+        raise UsageError("usage: mimic eval MODEL (FILE | --text FILE | --db PATH), or mimic eval --plot RUN_DIR")
+    if args.png and not args.plot:
+        raise UsageError("--png goes with --plot RUN_DIR")
+    if args.model and bool(text_path) == bool(args.db):
+        raise UsageError("give one of: a text FILE, --text FILE or --db PATH (a message store)")
+    if args.plot:
+        from bot.plot import plot_training_curve
+
+        print(f"mimic: wrote {plot_training_curve(args.plot, args.png)}", file=sys.stderr)
+    if not args.model:
+        return 0
+    if args.db:
+        cfg = evaluation.EvalConfig(samples=args.samples, min_messages=args.min_messages,
+                                    max_speakers=args.max_speakers, srand=args.srand, temperature=args.temp,
+                                    context=args.context, valid_fraction=args.valid_fraction, show=args.show)
+        report = evaluation.evaluate_chat(args.model, args.db, cfg)
+        print(eval_report.format_chat_report(report))
+    else:
+        report = evaluation.evaluate_text(args.model, text_path)
+        print(eval_report.format_text_report(report))
+    if args.json:
+        eval_report.write_json(report, args.json)
     return 0
 
 
@@ -181,8 +193,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-p", type=float, default=None)
     p.set_defaults(run=run_generate)
 
-    p = sub.add_parser("eval", help="bits per character of a model on a text")
-    p.add_argument("model", metavar="MODEL", help="an .onnx model")
+    p = sub.add_parser("eval", help="evaluate a model: bits/char, speaker fidelity, novelty, a Markov baseline",
+                       description="MODEL FILE (or --text FILE): bits per character on a text. MODEL --db PATH: "
+                                   "held-out bits/char overall and per speaker, speaker fidelity and novelty of "
+                                   "generated messages next to a per-speaker Markov chain. --plot RUN_DIR: the "
+                                   "training curve as a PNG. Needs the eval extra: pip install 'mimic[eval]'.")
+    p.add_argument("model", nargs="?", metavar="MODEL", help="an .onnx model")
     p.add_argument("file", nargs="?", metavar="FILE", help="a text file")
     p.add_argument("--text", metavar="FILE", help="same as FILE")
+    p.add_argument("--db", metavar="PATH", help="the message store the model was trained on (mimic train --db)")
+    p.add_argument("--json", metavar="OUT", help="also write the full report as JSON")
+    p.add_argument("--samples", type=int, default=30, metavar="M", help="messages generated per speaker (default 30)")
+    p.add_argument("--min-messages", type=int, default=10, metavar="N",
+                   help="held-out and training messages a speaker needs to be scored (default 10)")
+    p.add_argument("--max-speakers", type=int, default=20, metavar="K",
+                   help="score at most the K speakers with the most held-out messages (default 20)")
+    p.add_argument("-srand", "--srand", type=int, default=0, help="random seed (default 0: a repeatable run)")
+    p.add_argument("-temp", "--temp", type=float, default=0.7, help="sampling temperature (default 0.7)")
+    p.add_argument("--context", type=int, default=0, metavar="LINES",
+                   help="prime each message with the LINES held-out messages that preceded a real one (default 0)")
+    p.add_argument("--valid-fraction", type=float, default=0.05, help="the held-out split used in training (0.05)")
+    p.add_argument("--show", type=int, default=3, metavar="N", help="sample messages printed per speaker (default 3)")
+    p.add_argument("--plot", metavar="RUN_DIR", help="write the training curve of a run directory as a PNG")
+    p.add_argument("--png", metavar="OUT", help="where --plot writes (default RUN_DIR/training-curve.png)")
     p.set_defaults(run=run_eval)

@@ -1,0 +1,215 @@
+"""`mimic eval MODEL --db PATH`: the report's figures, how they are computed, and the error paths."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bot.cli import main
+from tests.bot.eval_fixtures import build_store, chat_messages, train_chat_model
+
+SAMPLES = 4
+ARGS = ["--samples", str(SAMPLES), "--min-messages", "3", "--srand", "5", "--show", "2"]
+
+
+@pytest.fixture(scope="module")
+def chat(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("evalchat")
+    db = build_store(root / "mimic.db", chat_messages())
+    model = train_chat_model(db, root / "run")
+    return {"db": db, "model": model, "run": root / "run", "root": root}
+
+
+@pytest.fixture(scope="module")
+def report(chat: dict[str, Path]) -> dict:
+    out = chat["root"] / "eval.json"
+    assert main(["eval", str(chat["model"]), "--db", str(chat["db"]), *ARGS, "--json", str(out)]) == 0
+    return json.loads(out.read_text())
+
+
+def _split(chat: dict[str, Path]):
+    from bot.evaluation import load_split
+
+    return load_split(chat["db"], 0.05)
+
+
+def test_report_has_every_figure(report: dict) -> None:
+    speakers = report["classifier"]["speakers"]
+    assert sorted(speakers) == ["ada", "grace", "linus", "mo"]
+    assert report["classifier"]["chance"] == pytest.approx(1 / 4)
+    assert 0 < report["held_out"]["bits_per_char"] < 8
+    for name in ("mimic", "mimic_guarded", "markov", "markov_tested", "real"):
+        s = report["systems"][name]
+        for key in ("fidelity", "fidelity_novel", "copy_rate", "mean_longest_span", "exact_copy_rate", "messages",
+                    "asked"):
+            assert key in s, (name, key)
+        assert 0 <= s["copy_rate"] <= 1 and s["mean_longest_span"] >= 0
+    assert report["systems"]["mimic"]["messages"] == report["systems"]["markov"]["messages"] == SAMPLES * 4
+    assert report["systems"]["mimic"]["asked"] == SAMPLES * 4
+    assert report["systems"]["markov_tested"]["messages"] <= SAMPLES * 4  # markovify may give up
+    assert report["systems"]["mimic_guarded"]["copy_rate"] == 0.0  # the guard is stricter than 40 characters
+    for name, sp in report["speakers"].items():
+        assert set(sp["fidelity"]) == {"mimic", "mimic_guarded", "markov", "markov_tested"}
+        assert len(sp["samples"]["mimic"]) <= 2 and len(sp["samples"]["markov"]) == 2
+        assert sp["bits_per_char"] == report["bits_per_char_by_speaker"][name]["bits_per_char"]
+    assert set(report["target"]["raw"]) == {"fidelity_above_markov", "at_least_half_ceiling", "lower_copy_rate", "met"}
+    assert report["model_info"]["hidden"] == "32"
+    gain = report["speaker_name_gain"]
+    assert gain["records"] > 0 and gain["gain"] == pytest.approx(gain["wrong_name"] - gain["right_name"])
+
+
+def test_markov_copies_its_training_text(report: dict) -> None:
+    # Four speakers, each repeating one long message: a word chain walks straight through it.
+    assert report["systems"]["markov"]["copy_rate"] > 0
+    assert report["systems"]["markov"]["mean_longest_span"] > report["systems"]["mimic"]["mean_longest_span"]
+
+
+def test_per_speaker_bits_add_up_to_the_overall_figure(report: dict, chat: dict[str, Path]) -> None:
+    per = report["bits_per_char_by_speaker"]
+    total_bits = sum(v["bits_per_char"] * v["bytes"] for v in per.values())
+    assert sum(v["bytes"] for v in per.values()) == report["held_out"]["bytes"]
+    assert total_bits / report["held_out"]["bytes"] == pytest.approx(report["held_out"]["bits_per_char"])
+    split = _split(chat)
+    assert {s: v["messages"] for s, v in per.items()} == dict(Counter(s for s, _ in split.valid))
+
+
+def test_record_bits_charge_each_byte_to_its_record(chat: dict[str, Path]) -> None:
+    """One stream, by hand: -log2 p of every byte after "\\n", summed per record, equals record_bits."""
+    from bot.eval_bpc import record_bits
+    from engine.evaluate import log_softmax
+    from engine.session import ModelSession
+    from training.corpus import format_record
+
+    session = ModelSession(chat["model"])
+    records = [format_record(s, t).encode() for s, t in _split(chat).valid]
+    stream = np.frombuffer(b"\n" + b"".join(records), dtype=np.uint8).astype(np.int64)
+    logits, _ = session.run(stream[None, :-1], session.initial_state(1))
+    logp = np.take_along_axis(log_softmax(logits[0]), stream[1:, None], axis=-1)[:, 0] / -math.log(2)
+    expected = np.add.reduceat(logp, np.cumsum([0] + [len(r) for r in records[:-1]]))
+    np.testing.assert_allclose(record_bits(session, records, max_streams=1, window=7), expected, rtol=1e-4)
+    # Cut into parallel streams at record boundaries: only the state at each cut differs.
+    many = record_bits(session, records, max_streams=5)
+    assert many.sum() == pytest.approx(expected.sum(), rel=0.05)
+
+
+def test_ceiling_is_the_classifier_on_real_held_out_messages(report: dict, chat: dict[str, Path]) -> None:
+    from bot.eval_fidelity import Attributor
+
+    split = _split(chat)
+    speakers = report["classifier"]["speakers"]
+    attributor = Attributor({s: [t for w, t in split.train if w == s] for s in speakers})
+    held = {s: [t for w, t in split.valid if w == s] for s in speakers}
+    predicted = {s: attributor.predict(texts) for s, texts in held.items()}
+    per = {s: sum(p == s for p in predicted[s]) / len(predicted[s]) for s in speakers}
+    assert report["classifier"]["held_out_scored"] == sum(len(v) for v in held.values())
+    assert report["classifier"]["ceiling"] == pytest.approx(sum(per.values()) / len(per))
+    assert {s: report["speakers"][s]["ceiling"] for s in speakers} == pytest.approx(per)
+    assert report["systems"]["real"]["fidelity"] == pytest.approx(report["classifier"]["ceiling"])
+
+
+def test_guarded_messages_are_what_impersonate_posts(chat: dict[str, Path]) -> None:
+    from bot.eval_markov import speaker_seed
+    from bot.eval_samples import model_samples
+    from engine.impersonate import ImpersonationConfig, impersonate
+    from engine.model_source import load_model
+
+    model = load_model(chat["model"])
+    cfg = ImpersonationConfig(min_messages=0, max_chars=120)
+    seed = speaker_seed(3, "linus")
+    ours = model_samples(model, ["linus"], 3, {"linus": seed}, cfg)["linus"]
+    if None not in ours.guarded:
+        assert [m.text for m in impersonate(model, "linus", n=3, srand=seed, cfg=cfg)] == ours.guarded
+    # Guard off: the first non-empty draft, which the guard may later replace.
+    for unguarded, guarded, attempts in zip(ours.unguarded, ours.guarded, ours.attempts, strict=True):
+        assert unguarded
+        if attempts == 1:
+            assert guarded == unguarded
+
+
+def test_same_srand_same_report(report: dict, chat: dict[str, Path]) -> None:
+    out = chat["root"] / "again.json"
+    assert main(["eval", str(chat["model"]), "--db", str(chat["db"]), *ARGS, "--json", str(out)]) == 0
+    again = json.loads(out.read_text())
+    again.pop("seconds")  # timings vary; every figure and sample must not
+    assert again == {k: v for k, v in report.items() if k != "seconds"}
+
+
+def test_markov_baseline_is_seeded_and_counts_what_came_out() -> None:
+    from bot.eval_markov import markov_samples
+
+    msgs = {"a": ["one two three four", "one two five six", "seven eight nine ten eleven"], "b": ["x y z"]}
+    first, second = markov_samples(msgs, 5, srand=1), markov_samples(msgs, 5, srand=1)
+    assert first == second
+    assert len(first["a"].raw) == 5 and first["a"].asked == 5
+    assert len(first["b"].tested) == 0  # one three-word message: every walk repeats it, markovify refuses
+
+
+def test_table_and_samples_are_printed(chat: dict[str, Path], capsys: pytest.CaptureFixture) -> None:
+    assert main(["eval", str(chat["model"]), "--db", str(chat["db"]), *ARGS, "--show", "1"]) == 0
+    out = capsys.readouterr().out
+    for needle in ("bits/char", "mimic (guard off)", "markov (raw)", "real held-out (ceiling)", "chance",
+                   "target,", "  mimic  | ", "  markov | "):
+        assert needle in out
+
+
+def test_text_form_still_works_and_writes_json(tiny_model: Path, repeated_text_file: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "t.json"
+    assert main(["eval", str(tiny_model), "--text", str(repeated_text_file), "--json", str(out)]) == 0
+    printed = float(capsys.readouterr().out.split()[0])
+    assert json.loads(out.read_text())["bits_per_char"] == pytest.approx(printed, abs=1e-4)
+
+
+def _one_line_error(capsys: pytest.CaptureFixture, needle: str) -> None:
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("mimic:")]
+    assert len(err) == 1 and needle in err[0], err
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["eval", "{model}", "--db", "{root}/missing.db"], "no such message store"),
+    (["eval", "{model}", "--db", "{db}", "--min-messages", "1000"], "lower --min-messages"),
+    (["eval", "{model}", "--db", "{db}", "--text", "{db}"], "give one of"),
+    (["eval", "{model}"], "give one of"),
+    (["eval"], "usage: mimic eval"),
+    (["eval", "{model}", "--db", "{db}", "--png", "{root}/x.png"], "--png goes with --plot"),
+    (["eval", "{model}", "--db", "{db}", "--samples", "0"], "--samples"),
+    (["eval", "{model}", "--db", "{db}", "--temp", "0"], "temperature"),
+    (["eval", "{root}/missing.onnx", "--db", "{db}"], "no such model file"),
+    (["eval", "{plain}", "--db", "{db}"], "knows no speakers"),
+])
+def test_bad_input_is_one_line_and_exit_2(chat: dict[str, Path], tiny_model: Path, capsys, args, needle) -> None:
+    subst = {"model": str(chat["model"]), "db": str(chat["db"]), "root": str(chat["root"]), "plain": str(tiny_model)}
+    assert main([a.format(**subst) for a in args]) == 2
+    _one_line_error(capsys, needle)
+
+
+@pytest.mark.parametrize("missing", ["sklearn", "markovify"])
+def test_missing_eval_extra_names_the_install_command(chat: dict[str, Path], monkeypatch, capsys, missing) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == missing else real(name, *a))
+    assert main(["eval", str(chat["model"]), "--db", str(chat["db"])]) == 2
+    _one_line_error(capsys, "pip install 'mimic[eval]'")
+
+
+def test_context_priming_and_speaker_limit(chat: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "ctx.json"
+    assert main(["eval", str(chat["model"]), "--db", str(chat["db"]), "--samples", "2", "--min-messages", "3",
+                 "--max-speakers", "2", "--context", "3", "--show", "0", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["config"]["context"] == 3 and len(r["classifier"]["speakers"]) == 2
+    assert r["classifier"]["chance"] == 0.5 and r["systems"]["mimic"]["asked"] == 4
+
+
+def test_contexts_are_the_records_before_a_real_message() -> None:
+    from bot.evaluation import Split, _contexts
+
+    valid = [("a", "1"), ("b", "2"), ("a", "3"), ("c", "4"), ("b", "5")]
+    ctx = _contexts(Split([], valid, 0), ["b"], 3, 2)
+    assert ctx["b"] == [[("a", "1")], valid[2:4], [("a", "1")]]  # b's held-out messages are #1 and #4, in turn
