@@ -86,6 +86,10 @@ class StoreAccess:
     def forget(self, speaker: str) -> int:
         return self.store().forget(speaker)
 
+    def conversation(self, platform: str, channel_id: str, lines: int) -> list[tuple[str, str]]:
+        """The channel's recent messages (speaker, text), oldest first, to prime an impersonation with."""
+        return self.store().recent_messages(platform, channel_id, lines)
+
 
 def _slack_user_is_bot(store: Store, user_id: Any) -> bool:
     if not isinstance(user_id, str):

@@ -258,13 +258,18 @@ class Commands:
         speaker, user = self._resolve(inv.platform, person, service)  # refusals do not count as requests
         if inv.platform != CONSOLE:  # limits protect shared channels; the console is one person's terminal
             self.limits.acquire(f"{inv.platform}:{inv.user_id}", f"{inv.platform}:{inv.channel_id}")
-        return self._generate(service, inv.platform, speaker, user, prompt)
+        context = None
+        if self.people is not None and inv.channel_id and self.settings.generation.context_lines:
+            # Answer the conversation in this channel: its recent (captured, learnable) messages prime the model.
+            context = self.people.conversation(inv.platform, inv.channel_id, self.settings.generation.context_lines)
+        return self._generate(service, inv.platform, speaker, user, prompt, context=context)
 
     def _generate(self, service: ImpersonationService, platform: str, speaker: Speaker, user: UserRecord | None,
-                  prompt: str | None, temperature: float | None = None, srand: int | None = None) -> Reply:
+                  prompt: str | None, temperature: float | None = None, srand: int | None = None,
+                  context: list[tuple[str, str]] | None = None) -> Reply:
         prompt = self._plain(platform, prompt) if prompt else None
-        (msg,) = service.impersonate(speaker.name, prompt=prompt, temperature=temperature, srand=srand,
-                                     timeout=GENERATION_TIMEOUT)
+        (msg,) = service.impersonate(speaker.name, context=context, prompt=prompt, temperature=temperature,
+                                     srand=srand, timeout=GENERATION_TIMEOUT)
         text = msg.text[: self.settings.limits.max_message_chars]
         return Reply(self._safe(platform, text), as_name=shown_name(user, msg.speaker) + self.settings.posting.marker,
                      as_icon=user.avatar_url if user else None,

@@ -603,6 +603,20 @@ class Store:
         ).fetchone()
         return (row[0], row[1]) if row else None
 
+    def recent_messages(self, platform: str, channel_id: str, limit: int) -> list[tuple[str, str]]:
+        """The last `limit` learnable messages of a channel as (speaker, text), oldest first: the conversation
+        an impersonation answers. Opted-out, forgotten and bot authors are left out, as in the corpus."""
+        if limit <= 0:
+            return []
+        where, args = self._corpus_where(CorpusFilter())
+        rows = self._conn.execute(
+            f"SELECT u.speaker, m.text FROM messages m JOIN users u ON u.id = m.user_id "
+            f"JOIN channels c ON c.id = m.channel_id WHERE c.platform = ? AND c.platform_id = ? AND {where} "
+            "ORDER BY m.created DESC, m.platform_id DESC LIMIT ?",
+            [platform, channel_id, *args, limit],
+        ).fetchall()
+        return [(speaker, text) for speaker, text in reversed(rows)]
+
     def iter_corpus(self, filt: CorpusFilter = CorpusFilter()) -> Iterator[CorpusMessage]:
         """Messages that may be learned from, streamed channel by channel (channels in order of their first
         message), each channel in time order."""
