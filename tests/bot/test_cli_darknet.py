@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from bot.cli import main
+from tests.engine.test_torch_free import BLOCK_TORCH
 from tests.export.darknet_reference import (
     cfg_for,
     forward,
@@ -174,16 +175,6 @@ def test_bad_darknet_input_is_one_line_and_exit_2(tmp_path: Path, capsys, mutate
     assert main([a.format(c=cfg, w=weights) for a in args]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("mimic:")]
     assert len(err) == 1 and needle in err[0], err
-
-
-BLOCK_TORCH = """
-import sys
-class Block:
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError("torch is blocked in this test")
-sys.meta_path.insert(0, Block())
-"""
 
 
 def test_generate_from_darknet_files_never_imports_torch(tmp_path: Path) -> None:
