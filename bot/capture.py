@@ -1,7 +1,7 @@
 """Live capture: messages, edits and deletions from the running bots, stored as the importers store them.
 
 Adapters hand plain dicts here (a Slack event as it arrives; a Discord message turned into the
-DiscordChatExporter shape by bot/discord_adapter.py), never SDK objects. The text and the stored row come
+DiscordChatExporter shape by training/discord_objects.py), never SDK objects. The text and the stored row come
 from the importers' own converters (training/ingest_slack.py `SlackConverter`, training/ingest_discord.py),
 so a message captured live and the same message imported later from an export give identical rows.
 

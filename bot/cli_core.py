@@ -25,6 +25,9 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     m.add_argument("--layers", type=int, default=1, help="recurrent layers / Darknet [rnn] modules (default 1)")
     m.add_argument("--dropout", type=float, default=0.0)
     m.add_argument("--no-batch-norm", action="store_true", help="darknet-rnn without batch normalisation")
+    m.add_argument("--speaker-slots", type=int, metavar="N",
+                   help="gru/lstm on --db: rows of the learned speaker embedding, one per person plus row 0 for "
+                        "nobody (default 1024 with --db, 0 = unconditioned for a text file or darknet-rnn)")
     t = p.add_argument_group("training")
     t.add_argument("--steps", type=int, help="train this many steps (more steps when resuming)")
     t.add_argument("--time-budget", type=float, metavar="SECONDS", help="train for this long (default 600 s "
@@ -48,14 +51,20 @@ def run_train(args: argparse.Namespace) -> int:
     from bot.jobs import chat_store_data, text_file_data, train_and_export
     from bot.progress import TrainingBar
     from training.models import ModelConfig
+    from training.speaker_slots import CHAT_SPEAKER_SLOTS
     from training.trainer import TrainConfig
 
     sources = [s for s in (args.file, args.file_flag, args.db) if s]
     if len(sources) != 1:
         raise UsageError("give exactly one of: a text FILE, -file FILE or --db PATH")
+    slots = args.speaker_slots
+    if slots and not args.db:
+        raise UsageError("--speaker-slots needs --db: a text file names no speakers")
+    if slots is None:
+        slots = CHAT_SPEAKER_SLOTS if args.db and args.arch in ("gru", "lstm") else 0
     try:
         model_cfg = ModelConfig(arch=args.arch, hidden=args.hidden, layers=args.layers, dropout=args.dropout,
-                                batch_norm=not args.no_batch_norm)
+                                batch_norm=not args.no_batch_norm, speaker_slots=slots)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     budget = args.time_budget if (args.steps or args.time_budget) else 600.0

@@ -1,4 +1,4 @@
-"""`mimic ingest`, `mimic history slack`, `mimic optout|optin|forget`, `mimic stats`: chat history in.
+"""`mimic ingest`, `mimic history slack|discord`, `mimic optout|optin|forget`, `mimic stats`: chat history in.
 
 Handlers parse, call one function in training/, print. Progress bars are drawn here from the callbacks
 training/ reports through; warnings come through logging on stderr.
@@ -71,6 +71,20 @@ def run_history_slack(args: argparse.Namespace) -> int:
         report = fetch_slack_history(slack_client(token, api_url), store, channels=channels, out_zip=args.out,
                                      progress=bar)
     print(report.summary() + (f"; wrote {args.out}" if args.out else ""))
+    return 0
+
+
+def run_history_discord(args: argparse.Namespace) -> int:
+    from training.history_discord import fetch_discord_history
+    from training.store import Store
+
+    token = os.environ.get("DISCORD_TOKEN")  # secrets come from the environment only, never a flag
+    if not token:
+        raise ConfigError("DISCORD_TOKEN is not set; put the bot token in it")
+    channels = [c.strip() for c in args.channels.split(",") if c.strip()] if args.channels else None
+    with Store.open(args.db) as store, _ProgressBar("channels") as bar:
+        report = fetch_discord_history(token, store, channels=channels, progress=bar)
+    print(report.summary())
     return 0
 
 
@@ -159,6 +173,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--channels", metavar="C1,C2", help="exactly these channels (names or ids; private ones too)")
     p.add_argument("--out", metavar="FILE.zip", help="also write what was fetched as a Slack export zip")
     p.set_defaults(run=run_history_slack)
+    p = platforms.add_parser("discord", help="fetch Discord history with DISCORD_TOKEN (incremental)",
+                             description="Fetch the public text channels the bot can read in its guilds (or "
+                                         "--channels) through Discord's REST API, with the bot token in "
+                                         "DISCORD_TOKEN; each run fetches only what is newer than the last.")
+    _db_arg(p)
+    p.add_argument("--channels", metavar="ID,ID", help="exactly these channels: ids or #names (private ones and "
+                                                       "threads too), and \"public\" for every public one")
+    p.set_defaults(run=run_history_discord)
 
     for name, run, text in (("optout", run_optout, "never learn from or impersonate NAME"),
                             ("optin", run_optin, "undo optout for NAME")):

@@ -6,18 +6,20 @@ model reads chat during training. For speed the stream is cut (at record boundar
 the corpus, so even a piece's first byte is predicted. Every predicted byte is charged to the record it
 belongs to (its speaker name, the ": ", the text and the closing newline: all of it is that record).
 
-Mimic's models read bytes, so "characters" here are bytes, as in training's `val_bpc`.
+Mimic's models read bytes, so "characters" here are bytes, as in training's `val_bpc`. A speaker-conditioned
+model is fed each byte's speaker slot by the rule it was trained with (training/speaker_slots.py).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from engine.evaluate import log_softmax
 from engine.session import ModelSession
+from training.speaker_slots import speaker_ids
 
 START = b"\n"
 
@@ -38,13 +40,14 @@ def _pieces(sizes: Sequence[int], streams: int) -> list[tuple[int, int]]:
 
 
 def record_bits(session: ModelSession, records: Sequence[bytes], max_streams: int = 64,
-                window: int = 256) -> np.ndarray:
-    """-log2 p summed over the bytes of each record (float64, one per record), given all that precedes it."""
+                window: int = 256, slots: Mapping[str, int] | None = None) -> np.ndarray:
+    """-log2 p summed over the bytes of each record (float64, one per record), given all that precedes it;
+    `slots` (speaker -> slot) conditions a speaker-conditioned model on each record's writer."""
     bits = np.zeros(len(records), dtype=np.float64)
     if not records:
         return bits
     pieces = _pieces([len(r) for r in records], max_streams)
-    inputs, targets, owners = [], [], []
+    inputs, targets, owners, writers = [], [], [], []
     for start, end in pieces:
         data = START + b"".join(records[start:end])
         owner = np.repeat(np.arange(start, end), [len(r) for r in records[start:end]])
@@ -52,17 +55,19 @@ def record_bits(session: ModelSession, records: Sequence[bytes], max_streams: in
         inputs.append(arr[:-1])
         targets.append(arr[1:])
         owners.append(owner)
+        writers.append(speaker_ids(data, slots or {})[:-1])
     length = max(len(t) for t in targets)
     batch = len(pieces)
     x = np.zeros((batch, length), dtype=np.int64)
     y = np.zeros((batch, length), dtype=np.int64)
+    s = np.zeros((batch, length), dtype=np.int64)
     who = np.full((batch, length), -1, dtype=np.int64)  # -1: padding, charged to nobody
     for b in range(batch):
         n = len(targets[b])
-        x[b, :n], y[b, :n], who[b, :n] = inputs[b], targets[b], owners[b]
+        x[b, :n], y[b, :n], s[b, :n], who[b, :n] = inputs[b], targets[b], writers[b], owners[b]
     state = session.initial_state(batch)
     for start in range(0, length, window):
-        logits, state = session.run(x[:, start:start + window], state)
+        logits, state = session.run(x[:, start:start + window], state, s[:, start:start + window])
         logp = np.take_along_axis(log_softmax(logits), y[:, start:start + window, None], axis=-1)[..., 0]
         mask = who[:, start:start + window] >= 0
         bits += np.bincount(who[:, start:start + window][mask], weights=-logp[mask] / math.log(2.0),
@@ -70,31 +75,36 @@ def record_bits(session: ModelSession, records: Sequence[bytes], max_streams: in
     return bits
 
 
-def _text_bits(session: ModelSession, prefix: bytes, body: bytes) -> float:
-    """-log2 p of `body` (a record's text and newline) after `prefix`, from a fresh state."""
+def _text_bits(session: ModelSession, name: str, slot: int, body: bytes) -> float:
+    """-log2 p of `body` (a record's text and newline) written as `name` with `slot`, from a fresh state."""
+    prefix = f"\n{name}: ".encode()
     data = np.frombuffer(prefix + body, dtype=np.uint8).astype(np.int64)
-    logits, _ = session.run(data[None, :-1], session.initial_state(1))
+    slots = speaker_ids(prefix + body, {name: slot})
+    logits, _ = session.run(data[None, :-1], session.initial_state(1), slots[None, :-1])
     logp = np.take_along_axis(log_softmax(logits[0]), data[1:, None], axis=-1)[:, 0]
     return float(-logp[len(prefix) - 1:].sum() / math.log(2.0))
 
 
 def speaker_gain(session: ModelSession, records: Sequence[tuple[str, str]], speakers: Sequence[str],
-                 line_break: str, srand: int = 0, limit: int = 300) -> dict[str, float | int]:
-    """Does the model use the speaker's name? Bits per character of held-out message texts after
-    "\\n<their name>: " against after "\\n<another scored speaker>: " (no other context). A model that writes
-    like the person it is asked to be spends fewer bits with the right name; the same figure means the name
-    is ignored, and impersonation can only be generic."""
+                 line_break: str, srand: int = 0, limit: int = 300,
+                 slots: Mapping[str, int] | None = None) -> dict[str, float | int]:
+    """Does the model use who is speaking? Bits per character of held-out message texts written as their
+    speaker ("\\n<their name>: ", and their slot for a speaker-conditioned model) against as another scored
+    speaker (that one's name and slot), with no other context. A model that writes like the person it is
+    asked to be spends fewer bits as the right speaker; the same figure means the speaker is ignored, and
+    impersonation can only be generic."""
     import random
 
     rng = random.Random(srand)
+    slots = slots or {}
     pool = [(s, t) for s, t in records if s in speakers]
     rng.shuffle(pool)
     right = wrong = size = 0.0
     for s, t in pool[:limit]:
         body = (t.replace("\n", line_break) + "\n").encode("utf-8")
         other = rng.choice([x for x in speakers if x != s])
-        right += _text_bits(session, f"\n{s}: ".encode(), body)
-        wrong += _text_bits(session, f"\n{other}: ".encode(), body)
+        right += _text_bits(session, s, slots.get(s, 0), body)
+        wrong += _text_bits(session, other, slots.get(other, 0), body)
         size += len(body)
     if not size:
         return {"records": 0, "right_name": float("nan"), "wrong_name": float("nan"), "gain": float("nan")}

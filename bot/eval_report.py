@@ -34,9 +34,10 @@ def _yes(flag: bool) -> str:
 
 
 def _gain_line(g: dict[str, Any]) -> str:
-    return (f"speaker name: held-out texts cost {_num(g['right_name'], '{:.4f}')} bits/char after the right name, "
-            f"{_num(g['wrong_name'], '{:.4f}')} after another speaker's (gain {_num(g['gain'], '{:+.4f}')}, "
-            f"{g['records']} messages)")
+    what = "name and speaker slot" if g.get("conditioned") else "name"
+    return (f"speaker check: held-out texts cost {_num(g['right_name'], '{:.4f}')} bits/char written as the right "
+            f"speaker ({what}), {_num(g['wrong_name'], '{:.4f}')} as another speaker "
+            f"(gain {_num(g['gain'], '{:+.4f}')}, {g['records']} messages)")
 
 
 def format_chat_report(r: dict[str, Any]) -> str:

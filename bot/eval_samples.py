@@ -19,7 +19,14 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from engine.impersonate import ImpersonationConfig, build_prompt, draft_requests, finish_text, rejection
+from engine.impersonate import (
+    ImpersonationConfig,
+    Prompt,
+    build_prompt,
+    draft_requests,
+    finish_text,
+    rejection,
+)
 from engine.model_source import LoadedModel
 from engine.sampling import SamplingConfig
 
@@ -37,7 +44,7 @@ def model_samples(model: LoadedModel, speakers: Sequence[str], n: int, seeds: Ma
     """n messages per speaker, speaker s drawing from seed `seeds[s]`; `contexts[s][row]`, when given, is the
     conversation (speaker, text) lines row `row` is primed with."""
     unguarded_model = dataclasses.replace(model, copy_index=None)
-    prompts: dict[tuple[str, int], bytes] = {}
+    prompts: dict[tuple[str, int], Prompt] = {}
     for s in speakers:
         sp = model.speakers.find(s)
         for row in range(n):

@@ -116,7 +116,7 @@ def _bits_per_char(model: Any, split: Split) -> dict[str, Any]:
     from training.corpus import format_record
 
     records = [format_record(s, t).encode("utf-8") for s, t in split.valid]
-    bits = record_bits(model.session, records)
+    bits = record_bits(model.session, records, slots=model.speakers.slots())
     total: dict[str, list[float]] = defaultdict(lambda: [0.0, 0, 0, 0])
     for (s, t), b, r in zip(split.valid, bits, records, strict=True):
         acc = total[s]
@@ -216,7 +216,9 @@ def evaluate_chat(model_path: str | Path, db_path: str | Path, cfg: EvalConfig =
 
     log.info("bits per character on %d held-out messages", len(split.valid))
     bpc = _bits_per_char(model, split)
-    gain = speaker_gain(model.session, split.valid, speakers, model.line_break or "\n", cfg.srand)
+    gain = speaker_gain(model.session, split.valid, speakers, model.line_break or "\n", cfg.srand,
+                        slots=model.speakers.slots())
+    gain["conditioned"] = model.session.conditioned
     clock["bits_per_char"] = time.monotonic() - t0
 
     t = time.monotonic()

@@ -19,6 +19,9 @@ class TrainingData:
     info: dict[str, Any]  # goes into the checkpoint and the ONNX metadata
     # The training messages one by one, for the verbatim-copy index served beside a chat model.
     messages: Callable[[], Iterable[str]] | None = None
+    # A chat corpus's canonical speakers, most messages first: the trainer gives them speaker slots (keeping
+    # those the parent checkpoint of a warm start or resume already gave).
+    speakers: tuple[str, ...] = ()
 
 
 def text_file_data(path: str | Path) -> TrainingData:
@@ -40,7 +43,7 @@ def chat_store_data(db_path: str | Path, valid_fraction: float = 0.05, channels:
     def messages() -> Iterable[str]:
         return (text for _, text in iter_training_texts(db_path, valid_fraction=valid_fraction, channels=channels))
 
-    return TrainingData(train, valid or None, info, messages)
+    return TrainingData(train, valid or None, info, messages, tuple(corpus.speakers))
 
 
 def speaker_directory(db_path: str | Path, counts: dict[str, int]) -> dict[str, dict[str, Any]]:
@@ -68,8 +71,8 @@ def train_and_export(data: TrainingData, model_cfg: Any, train_cfg: Any, out_dir
         info.setdefault("train_chars", int(len(data.train) * (1 - train_cfg.valid_fraction)))
     else:
         info.setdefault("train_chars", len(data.train))
-    result = train(data.train, model_cfg, train_cfg, out_dir, valid_text=data.valid, resume=resume,
-                   init_from=init_from, corpus_info=info, on_progress=on_progress)
+    result = train(data.train, model_cfg, train_cfg, out_dir, valid_text=data.valid, speakers=data.speakers,
+                   resume=resume, init_from=init_from, corpus_info=info, on_progress=on_progress)
     if result.interrupted or not export or result.step == 0 or not result.is_main:
         return result, None
     return result, export_for_serving(data, result.checkpoint, Path(out_dir) / "model.onnx")

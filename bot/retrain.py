@@ -10,10 +10,10 @@ Safety, in order of what can go wrong:
   exits at once with RetrainBusyError (one line, exit 2).
 - Nothing touches `current` until a candidate is complete, parity-checked, evaluated and judged not worse
   than the serving model by more than `tolerance` bits/char; the registry then switches it atomically.
-- A failure at any step (Slack API down, parity, disk full, a worse candidate) keeps `current`, records the
-  reason in the run log (`<registry>/runs.jsonl`) and, for a finished candidate, its manifest; the next run
-  simply tries again. A killed run leaves only `staging/<name>/`, which the next run resumes from (same parent
-  and mode) or deletes.
+- A failure at any step (Slack or Discord API down, parity, disk full, a worse candidate) keeps `current`,
+  records the reason in the run log (`<registry>/runs.jsonl`) and, for a finished candidate, its manifest; the
+  next run simply tries again. A killed run leaves only `staging/<name>/`, which the next run resumes from
+  (same parent and mode) or deletes.
 
 Admin `retrain` in the bots goes through the worker's mailbox in bot/scheduler.py (`RetrainQueue`): the bot
 process never trains.
@@ -63,6 +63,12 @@ class SlackCatchUp:
 
 
 @dataclass(frozen=True)
+class DiscordCatchUp:
+    token: str = field(repr=False)
+    channels: tuple[str, ...] = ("public",)  # as [discord] learn_channels: "public", channel ids, "#names"
+
+
+@dataclass(frozen=True)
 class ReportTarget:
     """Where the outcome goes besides the log: a Slack or Discord channel."""
 
@@ -98,7 +104,7 @@ class RetrainOptions:
     sample_messages: int = 16  # generated per model for the copy-rate check
     sample_chars: int = 160
     slack: SlackCatchUp | None = None
-    discord_configured: bool = False
+    discord: DiscordCatchUp | None = None
     report: ReportTarget | None = None
 
 
@@ -116,6 +122,9 @@ def options_from_settings(settings: Any, **overrides: Any) -> RetrainOptions:
         sets: tuple[tuple[str, ...] | None, ...] = ((None,) if "public" in entries else ()) + \
             ((explicit,) if explicit else ())
         catch_up = SlackCatchUp(slack.bot_token, slack.api_url, sets) if sets else None
+    learn = settings.discord.learn_channels  # [] turns learning, and so the catch-up, off
+    discord_catch_up = DiscordCatchUp(settings.discord.token, tuple(learn)) if settings.discord.token and learn \
+        else None
     report = None
     if retrain.report_channel:
         platform, _, channel = retrain.report_channel.partition(":")
@@ -129,7 +138,7 @@ def options_from_settings(settings: Any, **overrides: Any) -> RetrainOptions:
         data_dir=Path(storage.data_dir), db=storage.database_path, registry=registry,
         time_budget=retrain.time_budget, from_scratch_every_days=retrain.from_scratch_every_days,
         keep_versions=retrain.keep_versions, tolerance=retrain.tolerance, slack=catch_up,
-        discord_configured=bool(settings.discord.token), report=report)
+        discord=discord_catch_up, report=report)
     return replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -249,10 +258,14 @@ def catch_up(opts: RetrainOptions, events: EventFn) -> list[str]:
             for channels in opts.slack.channel_sets:
                 report = fetch_slack_history(client, store, channels=list(channels) if channels else None)
                 notes.append(f"Slack: {report.summary()}")
-    if opts.discord_configured:
-        # discord.py's history API needs a logged-in gateway client; the Discord bot's live capture stores
-        # messages as they arrive, so only the time the bot was offline is missing (see the report).
-        notes.append("Discord: no catch-up (live capture only)")
+    if opts.discord is not None:
+        from training.history_discord import fetch_discord_history
+        from training.store import Store
+
+        events("catching up with Discord history")
+        with Store.open(opts.db) as store:  # the learn channels' history through the REST API, no gateway
+            report = fetch_discord_history(opts.discord.token, store, channels=list(opts.discord.channels))
+        notes.append(f"Discord: {report.summary()}")
     return notes
 
 
@@ -279,13 +292,21 @@ def _age_days(started: str | None, now: datetime) -> float:
 
 
 def plan_training(registry: Registry, opts: RetrainOptions, now: datetime) -> Plan:
-    """Warm start from the serving version, or from scratch when there is none, when asked, or every N days."""
+    """Warm start from the serving version, or from scratch when there is none, when asked, or every N days.
+
+    A warm start keeps the serving model's config (its speaker slots too: the trainer extends its slot table
+    for new people). A from-scratch GRU or LSTM is speaker-conditioned (CHAT_SPEAKER_SLOTS) unless
+    `opts.model` says otherwise, so an older unconditioned lineage gains conditioning at its next restart.
+    """
     from training.models import ModelConfig
+    from training.speaker_slots import CHAT_SPEAKER_SLOTS
 
     baseline = registry.current() or registry.last_good()
     manifest = registry.manifest(baseline) if baseline else {}
     base_model = manifest.get("model") if isinstance(manifest.get("model"), dict) else None
     wanted = {**(base_model or ModelConfig().to_dict()), **opts.model}
+    if wanted.get("arch") == "darknet-rnn" and "speaker_slots" not in opts.model:
+        wanted["speaker_slots"] = 0  # Darknet's model is never speaker-conditioned
     try:
         ModelConfig.from_dict(wanted)
     except (TypeError, ValueError) as exc:
@@ -307,6 +328,8 @@ def plan_training(registry: Registry, opts: RetrainOptions, now: datetime) -> Pl
         scratch, why = True, f"{baseline} has no checkpoint"
     else:
         scratch, why = False, f"warm start from {baseline}"
+    if scratch and "speaker_slots" not in opts.model and wanted.get("arch", "gru") in ("gru", "lstm"):
+        wanted = {**wanted, "speaker_slots": wanted.get("speaker_slots") or CHAT_SPEAKER_SLOTS}
     model = ModelConfig.from_dict(wanted).to_dict()
     return Plan(baseline, scratch, why, model, iso(now) if scratch or not lineage else str(lineage),
                 None if scratch else registry.checkpoint(baseline), steps=opts.steps, time_budget=opts.time_budget,
@@ -345,14 +368,17 @@ def score_model(model_path: Path, eval_bytes: bytes, index: Any, speakers: list[
     from engine.impersonate import END_OF_MESSAGE, build_prompt, finish_text
     from engine.model_source import load_model
     from engine.sampling import SamplingConfig
+    from training.speaker_slots import speaker_ids
 
     model = load_model(model_path)
-    bpc = bits_per_char(model.session, eval_bytes)
+    slots = model.speakers.slots()  # a speaker-conditioned model reads the slice as it was trained: writers' slots
+    bpc = bits_per_char(model.session, eval_bytes, speakers=speaker_ids(eval_bytes, slots) if slots else None)
     people = [sp for sp in (model.speakers.find(s) for s in speakers) if sp is not None]
     if index is None or not people or opts.sample_messages < 1:
         return Score(bpc, None, 0)
-    requests = [Request(build_prompt(model, people[i % len(people)], None, None, 0), opts.sample_chars * 4,
-                        (opts.seed, i), END_OF_MESSAGE) for i in range(opts.sample_messages)]
+    prompts = [build_prompt(model, people[i % len(people)], None, None, 0) for i in range(opts.sample_messages)]
+    requests = [Request(p.text, opts.sample_chars * 4, (opts.seed, i), END_OF_MESSAGE, p.speakers, p.speaker)
+                for i, p in enumerate(prompts)]
     raw = model.generator.generate_bytes(requests, SamplingConfig(0.7))
     texts = [finish_text(model, None, r, opts.sample_chars) for r in raw]  # 0.7: the serving default
     copies = sum(1 for t in texts if t and index.copies(t))

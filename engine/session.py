@@ -1,7 +1,9 @@
 """Load a Mimic ONNX model with ONNX Runtime and run it: tokens and state in, logits and state out.
 
 ONNX Runtime keeps no state between calls: the hidden state is an explicit input and output (S, B, H),
-so one loaded session can serve many conversations at once.
+so one loaded session can serve many conversations at once. A speaker-conditioned model (format 2) also
+takes `speakers` (B, T), the embedding slot of the person writing each byte; callers that give none get
+zeros (nobody: unconditioned), and slots given to a model without that input are ignored.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from engine.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_FORMATS = {"1"}
+SUPPORTED_FORMATS = {"1", "2"}  # 2: with the `speakers` input
 INPUTS = {"tokens", "state_in"}
+SPEAKERS = "speakers"
 OUTPUTS = {"logits", "state_out"}
 
 
@@ -62,6 +65,8 @@ class ModelSession:
         self.state_rows = int(self.metadata["state_rows"])
         self.hidden = int(self.metadata["hidden"])
         self.vocab = int(self.metadata.get("vocab", "256"))
+        self.conditioned = SPEAKERS in {i.name for i in self._session.get_inputs()}
+        self.speaker_slots = int(self.metadata.get("speaker_slots", "0")) if self.conditioned else 0
         self.providers = self._session.get_providers()
         self._outputs = ["logits", "state_out"]
 
@@ -87,15 +92,27 @@ class ModelSession:
             raise ModelLoadError(f"{name}: an ONNX model, but not a Mimic one (export it with `mimic export`)")
         if fmt not in SUPPORTED_FORMATS:
             raise ModelLoadError(f"{name}: Mimic model format {fmt} is newer than this engine; upgrade Mimic")
+        slots = self.metadata.get("speaker_slots", "")
+        if (fmt == "2") != (SPEAKERS in inputs) or (fmt == "2" and not (slots.isdigit() and int(slots) > 1)):
+            raise ModelLoadError(f"{name}: a Mimic model whose `{SPEAKERS}` input and speaker_slots metadata do not "
+                                 f"match its format ({fmt}); re-export it with `mimic export`")
 
     def initial_state(self, batch: int) -> np.ndarray:
         return np.zeros((self.state_rows, batch, self.hidden), dtype=np.float32)
 
-    def run(self, tokens: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """tokens (B, T) int64, state (S, B, H) -> logits (B, T, V), state (S, B, H)."""
+    def run(self, tokens: np.ndarray, state: np.ndarray,
+            speakers: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """tokens (B, T) int64, state (S, B, H), speakers (B, T) slots or None -> logits (B, T, V), state (S, B, H)."""
         if tokens.dtype != np.int64:
             tokens = tokens.astype(np.int64)
-        logits, new_state = self._session.run(self._outputs, {"tokens": tokens, "state_in": state})
+        feed = {"tokens": tokens, "state_in": state}
+        if self.conditioned:
+            if speakers is None:
+                feed[SPEAKERS] = np.zeros(tokens.shape, dtype=np.int64)
+            else:
+                feed[SPEAKERS] = np.where((speakers >= 0) & (speakers < self.speaker_slots), speakers, 0).astype(
+                    np.int64, copy=False)
+        logits, new_state = self._session.run(self._outputs, feed)
         return logits, new_state
 
     def meta_json(self, key: str, default: Any = None) -> Any:

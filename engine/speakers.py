@@ -1,7 +1,9 @@
 """Who a model can impersonate: the speaker list from the ONNX metadata, and lookup by any name a user types.
 
 Metadata `speakers` is JSON, either {"ztatlock": 1234, ...} (message counts) or
-{"ztatlock": {"messages": 1234, "display_name": "Zach", "real_name": "Zachary Tatlock"}, ...}.
+{"ztatlock": {"messages": 1234, "display_name": "Zach", "real_name": "Zachary Tatlock"}, ...}; a
+speaker-conditioned model adds each person's embedding row, "slot" (0 or absent: none, written for
+unconditioned).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ class Speaker:
     display_name: str = ""
     real_name: str = ""
     aliases: tuple[str, ...] = field(default=(), compare=False)
+    slot: int = 0  # row of the model's speaker embedding; 0: the model has none for them
 
     @property
     def shown_name(self) -> str:
@@ -35,7 +38,7 @@ class SpeakerDirectory:
         for name, info in (speakers or {}).items():
             if isinstance(info, dict):
                 sp = Speaker(name, int(info.get("messages", 0)), str(info.get("display_name") or ""),
-                             str(info.get("real_name") or ""))
+                             str(info.get("real_name") or ""), slot=int(info.get("slot") or 0))
             else:
                 sp = Speaker(name, int(info))
             self.speakers[name] = sp
@@ -49,6 +52,10 @@ class SpeakerDirectory:
 
     def __len__(self) -> int:
         return len(self.speakers)
+
+    def slots(self) -> dict[str, int]:
+        """Speaker -> embedding slot, for those the model has a slot for ({} for an unconditioned model)."""
+        return {name: sp.slot for name, sp in self.speakers.items() if sp.slot}
 
     def __iter__(self):
         return iter(sorted(self.speakers.values(), key=lambda s: (-s.messages, s.name)))

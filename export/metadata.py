@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 FORMAT_VERSION = "1"  # the engine contract (engine/session.py SUPPORTED_FORMATS)
+SPEAKER_FORMAT_VERSION = "2"  # the same plus a `speakers` input, which an engine that knows only "1" never feeds
 
 
 def tool_version() -> str:
@@ -30,7 +31,7 @@ def model_metadata(config: Any, **facts: Any) -> dict[str, str]:
     c = config if isinstance(config, dict) else config.to_dict()
     state_rows = 2 * c["layers"] if c["arch"] == "lstm" else c["layers"]
     meta = {
-        "mimic_format": FORMAT_VERSION,
+        "mimic_format": SPEAKER_FORMAT_VERSION if c.get("speaker_slots") else FORMAT_VERSION,
         "arch": c["arch"],
         "hidden": str(c["hidden"]),
         "layers": str(c["layers"]),
@@ -40,6 +41,8 @@ def model_metadata(config: Any, **facts: Any) -> dict[str, str]:
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "mimic_version": tool_version(),
     }
+    if c.get("speaker_slots"):
+        meta["speaker_slots"] = str(c["speaker_slots"])  # rows of the speaker embedding; the graph takes `speakers`
     for key, value in facts.items():
         if value is None:
             continue

@@ -28,8 +28,11 @@ def torch_reference(model: torch.nn.Module):
     """The source model as a numpy function, for the parity check."""
 
     @torch.no_grad()
-    def run(tokens: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        logits, new_state = model(torch.from_numpy(tokens), torch.from_numpy(state))
+    def run(tokens: np.ndarray, state: np.ndarray, speakers: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        args = (torch.from_numpy(tokens), torch.from_numpy(state))
+        if speakers is not None:
+            args += (torch.from_numpy(speakers),)
+        logits, new_state = model(*args)
         return logits.numpy(), new_state.numpy()
 
     return run
@@ -41,10 +44,19 @@ def export_model(model: torch.nn.Module, cfg: ModelConfig, out_path: str | Path,
     weights = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
     proto = build_onnx(cfg.to_dict(), weights, metadata)
     data = proto.SerializeToString()
-    diff = check_parity(torch_reference(model), data, cfg.state_rows, cfg.hidden)
+    diff = check_parity(torch_reference(model), data, cfg.state_rows, cfg.hidden, speaker_slots=cfg.speaker_slots)
     out = Path(out_path)
     write_atomic(out, data)
     return ExportReport(out, diff, metadata)
+
+
+def with_slots(speakers: dict[str, Any], slots: dict[str, int]) -> dict[str, dict[str, Any]]:
+    """The corpus's speaker directory with each person's embedding slot (0: none, written for unconditioned)."""
+    out = {}
+    for name, info in speakers.items():
+        entry = dict(info) if isinstance(info, dict) else {"messages": info}
+        out[name] = {**entry, "slot": int(slots.get(name, 0))}
+    return out
 
 
 def export_checkpoint(ckpt_path: str | Path, out_path: str | Path, **extra: Any) -> ExportReport:
@@ -55,13 +67,16 @@ def export_checkpoint(ckpt_path: str | Path, out_path: str | Path, **extra: Any)
     ckpt = load_checkpoint(ckpt_path)
     model, cfg = model_from_checkpoint(ckpt)
     corpus = ckpt.get("corpus") or {}
+    speakers = corpus.get("speakers")
+    if cfg.speaker_slots and speakers is not None:
+        speakers = with_slots(speakers, ckpt.get("speaker_slots") or {})
     meta = model_metadata(
         cfg,
         source="mimic-checkpoint",
         train_chars=str(corpus.get("train_chars", "")) or None,
         corpus_kind=corpus.get("kind"),
         line_break=corpus.get("line_break"),
-        speakers=corpus.get("speakers"),
+        speakers=speakers,
         val_bpc=f"{ckpt['val_bpc']:.4f}" if ckpt.get("val_bpc") is not None else None,
         steps=str(ckpt.get("step", "")),
         **extra,

@@ -12,12 +12,14 @@ TOLERANCE = 1e-4
 # Shapes checked: a prompt (many bytes at once, several sequences) and a single generation step.
 SHAPES = ((2, 64), (3, 1))
 
-Reference = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+# reference(tokens, state, speakers or None) -> (logits, state)
+Reference = Callable[[np.ndarray, np.ndarray, np.ndarray | None], tuple[np.ndarray, np.ndarray]]
 
 
 def check_parity(reference: Reference, onnx_bytes: bytes, state_rows: int, hidden: int,
-                 tolerance: float = TOLERANCE, seed: int = 0) -> float:
-    """Run `reference(tokens, state) -> (logits, state)` and ONNX Runtime on the same random input.
+                 tolerance: float = TOLERANCE, seed: int = 0, speaker_slots: int = 0) -> float:
+    """Run `reference(tokens, state, speakers) -> (logits, state)` and ONNX Runtime on the same random input;
+    a model with speaker slots also gets random slots (speakers is None for one without).
 
     Returns the largest absolute difference on logits; raises ParityError when it exceeds `tolerance`.
     """
@@ -29,8 +31,12 @@ def check_parity(reference: Reference, onnx_bytes: bytes, state_rows: int, hidde
     for batch, time in SHAPES:
         tokens = rng.integers(0, 256, size=(batch, time), dtype=np.int64)
         state = (rng.standard_normal((state_rows, batch, hidden)) * 0.5).astype(np.float32)
-        want_logits, want_state = reference(tokens, state)
-        got_logits, got_state = session.run(["logits", "state_out"], {"tokens": tokens, "state_in": state})
+        feed = {"tokens": tokens, "state_in": state}
+        speakers = None
+        if speaker_slots:
+            speakers = feed["speakers"] = rng.integers(0, speaker_slots, size=(batch, time), dtype=np.int64)
+        want_logits, want_state = reference(tokens, state, speakers)
+        got_logits, got_state = session.run(["logits", "state_out"], feed)
         if got_logits.shape != want_logits.shape or got_state.shape != want_state.shape:
             raise ParityError(f"ONNX output shapes {got_logits.shape}/{got_state.shape} differ from the "
                               f"source's {want_logits.shape}/{want_state.shape}")

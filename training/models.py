@@ -3,6 +3,11 @@
 Every model maps `tokens` (B, T) int64 bytes and a hidden `state` (S, B, H) to `logits` (B, T, 256) and the
 new state, so training, export and the engine all see one shape contract. S is the number of state rows:
 `layers` for darknet-rnn and gru, `2 * layers` for lstm (all h rows, then all c rows).
+
+A GRU or LSTM with `speaker_slots > 0` also takes `speakers` (B, T) int64: the slot of the person writing
+each input byte (0: nobody, see training/speaker_slots.py). That speaker's learned vector is added to the
+byte's embedding at every step, so who is speaking never has to survive in the state. darknet-rnn stays as
+Darknet has it, unconditioned.
 """
 
 from __future__ import annotations
@@ -31,12 +36,17 @@ class ModelConfig:
     batch_norm: bool = True  # darknet-rnn only, as in cfg/rnn.cfg
     activation: str = "leaky"  # darknet-rnn recurrent modules: leaky | linear | relu | tanh | logistic
     final_activation: str = "leaky"  # darknet-rnn's last [connected]; cfg/rnn.cfg says leaky
+    speaker_slots: int = 0  # gru/lstm: rows of the speaker embedding, row 0 = no speaker; 0: unconditioned
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
             raise ValueError(f"unknown architecture {self.arch!r}; choose one of {', '.join(ARCHS)}")
         if self.hidden < 1 or self.layers < 1:
             raise ValueError("hidden and layers must be at least 1")
+        if self.speaker_slots < 0 or self.speaker_slots == 1:
+            raise ValueError("speaker_slots must be 0 (no speaker conditioning) or at least 2 (slot 0 is nobody)")
+        if self.speaker_slots and self.arch == "darknet-rnn":
+            raise ValueError("darknet-rnn is unconditioned, as Darknet has it; speaker_slots needs gru or lstm")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError("dropout must be in [0, 1)")
         for act in (self.activation, self.final_activation):
@@ -49,6 +59,11 @@ class ModelConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def differences(self, other: ModelConfig) -> list[str]:
+        """What differs from `other`, one "field ours vs theirs" each (for a clear warm-start error)."""
+        a, b = self.to_dict(), other.to_dict()
+        return [f"{k} {a[k]} vs {b[k]}" for k in a if a[k] != b[k]]
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
@@ -164,34 +179,50 @@ class DarknetRNN(nn.Module):
         return self.head(x), torch.stack(new_state)
 
 
-class GRUModel(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+class _ByteRNN(nn.Module):
+    """What the GRU and the LSTM share: byte embedding (plus the writer's vector), dropout, output head.
+
+    Speaker rows start at zero (no random draw, so the other weights start as an unconditioned model's
+    would): a slot assigned later, when a warm start meets a new person, starts out exactly unconditioned,
+    and padding_idx keeps row 0, nobody, at zero for good.
+    """
+
+    def __init__(self, cfg: ModelConfig, rnn: type[nn.GRU] | type[nn.LSTM]):
         super().__init__()
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab, cfg.hidden)
-        self.rnn = nn.GRU(cfg.hidden, cfg.hidden, cfg.layers, batch_first=True,
-                          dropout=cfg.dropout if cfg.layers > 1 else 0.0)
+        self.rnn = rnn(cfg.hidden, cfg.hidden, cfg.layers, batch_first=True,
+                       dropout=cfg.dropout if cfg.layers > 1 else 0.0)
         self.drop = nn.Dropout(cfg.dropout)
         self.head = nn.Linear(cfg.hidden, cfg.vocab)
+        self.speaker = nn.Embedding.from_pretrained(torch.zeros(cfg.speaker_slots, cfg.hidden), freeze=False,
+                                                    padding_idx=0) if cfg.speaker_slots else None
 
-    def forward(self, tokens: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        y, h = self.rnn(self.drop(self.embed(tokens)), state)  # y: (B, T, H), h: (L, B, H)
+    def _inputs(self, tokens: torch.Tensor, speakers: torch.Tensor | None) -> torch.Tensor:
+        x = self.embed(tokens)  # (B, T, H)
+        if self.speaker is not None and speakers is not None:
+            x = x + self.speaker(speakers)  # (B, T, H): the writer's vector, added at every byte
+        return self.drop(x)
+
+
+class GRUModel(_ByteRNN):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg, nn.GRU)
+
+    def forward(self, tokens: torch.Tensor, state: torch.Tensor,
+                speakers: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        y, h = self.rnn(self._inputs(tokens, speakers), state)  # y: (B, T, H), h: (L, B, H)
         return self.head(self.drop(y)), h
 
 
-class LSTMModel(nn.Module):
+class LSTMModel(_ByteRNN):
     def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.cfg = cfg
-        self.embed = nn.Embedding(cfg.vocab, cfg.hidden)
-        self.rnn = nn.LSTM(cfg.hidden, cfg.hidden, cfg.layers, batch_first=True,
-                           dropout=cfg.dropout if cfg.layers > 1 else 0.0)
-        self.drop = nn.Dropout(cfg.dropout)
-        self.head = nn.Linear(cfg.hidden, cfg.vocab)
+        super().__init__(cfg, nn.LSTM)
 
-    def forward(self, tokens: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, tokens: torch.Tensor, state: torch.Tensor,
+                speakers: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         h0, c0 = state.chunk(2)  # state: (2L, B, H) = h rows then c rows
-        y, (h, c) = self.rnn(self.drop(self.embed(tokens)), (h0.contiguous(), c0.contiguous()))
+        y, (h, c) = self.rnn(self._inputs(tokens, speakers), (h0.contiguous(), c0.contiguous()))
         return self.head(self.drop(y)), torch.cat([h, c])
 
 

@@ -2,20 +2,24 @@
 
 Runs on one CPU or GPU, or under `torchrun` with DistributedDataParallel (gloo on CPUs, NCCL on GPUs):
 each rank reads its own streams of the text and rank 0 evaluates, checkpoints and reports progress.
-Progress goes to a callback; nothing here draws or prints.
+Progress goes to a callback; nothing here draws or prints. A chat corpus's speakers get slots in the model's
+speaker embedding (training/speaker_slots.py); the slot table is saved in the checkpoint and extended, never
+renumbered, by a warm start or a resume.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -23,7 +27,10 @@ import torch.nn.functional as F
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.errors import BadCheckpointError, BadInputError
 from training.models import ModelConfig, build_model, count_parameters, initial_state
+from training.speaker_slots import extend_slots, speaker_ids
 from training.textdata import BITS_PER_NAT, StreamBatcher, eval_streams, split_holdout
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -96,6 +103,7 @@ class TrainResult:
     device: str = "cpu"
     interrupted: bool = False
     is_main: bool = True  # False on the other ranks of a torchrun job
+    speaker_slots: dict[str, int] = field(default_factory=dict)  # speaker -> embedding row; {}: unconditioned
 
 
 def default_threads() -> int:
@@ -126,11 +134,19 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _model_inputs(x: torch.Tensor, state: torch.Tensor, speakers: torch.Tensor | None) -> tuple:
+    """A model's arguments: speaker slots only for a model that takes them (darknet-rnn never does)."""
+    return (x, state) if speakers is None else (x, state, speakers)
+
+
 @torch.no_grad()
 def evaluate_bpc(model: torch.nn.Module, cfg: ModelConfig, text: bytes, device: torch.device,
-                 max_chars: int | None = None, window: int = 256) -> float:
-    """Bits per character of `model` on `text`, read as many parallel streams with the state carried."""
-    streams = torch.from_numpy(eval_streams(text, max_chars=max_chars)).to(device)  # (E, L)
+                 max_chars: int | None = None, window: int = 256, speakers: np.ndarray | None = None) -> float:
+    """Bits per character of `model` on `text`, read as many parallel streams with the state carried;
+    `speakers` is the slot of every byte of `text` for a speaker-conditioned model."""
+    tokens, slots = eval_streams(text, max_chars=max_chars, speakers=speakers)
+    streams = torch.from_numpy(tokens).to(device)  # (E, L)
+    spk = torch.from_numpy(slots).to(device) if slots is not None else None  # (E, L)
     was_training = model.training
     model.eval()
     state = initial_state(cfg, streams.shape[0], device)
@@ -139,7 +155,8 @@ def evaluate_bpc(model: torch.nn.Module, cfg: ModelConfig, text: bytes, device: 
         x = streams[:, start:start + window]
         y = streams[:, start + 1:start + window + 1]
         x = x[:, :y.shape[1]]
-        logits, state = model(x, state)
+        s = spk[:, start:start + y.shape[1]] if spk is not None else None
+        logits, state = model(*_model_inputs(x, state, s))
         total += F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="sum").item()
         count += y.numel()
     model.train(was_training)
@@ -199,6 +216,15 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+def slot_table(model_cfg: ModelConfig, parent: dict[str, Any] | None, speakers: Sequence[str] | None) -> dict[str, int]:
+    """The slot table a run trains with: the parent checkpoint's (resume or warm start), extended with the
+    corpus's new speakers; {} for an unconditioned model."""
+    if not model_cfg.speaker_slots:
+        return {}
+    inherited = {str(k): int(v) for k, v in ((parent or {}).get("speaker_slots") or {}).items()}
+    return extend_slots(inherited, speakers or (), model_cfg.speaker_slots)
+
+
 def train(
     text: bytes,
     model_cfg: ModelConfig,
@@ -206,6 +232,7 @@ def train(
     out_dir: str | Path,
     *,
     valid_text: bytes | None = None,
+    speakers: Sequence[str] | None = None,
     resume: str | Path | None = None,
     init_from: str | Path | None = None,
     corpus_info: dict[str, Any] | None = None,
@@ -214,7 +241,8 @@ def train(
     """Train on `text` (the last `valid_fraction` held out unless `valid_text` is given) and checkpoint to out_dir.
 
     `resume` continues a run exactly (same weights as an uninterrupted run on the CPU); `init_from` starts a
-    new run from another checkpoint's weights (a warm start for nightly fine-tuning).
+    new run from another checkpoint's weights (a warm start for nightly fine-tuning). `speakers`, a chat
+    corpus's canonical speaker names (most messages first), get slots when the model has speaker slots.
     """
     torch.set_num_threads(cfg.threads or default_threads())
     ddp = _Distributed(cfg.device)
@@ -222,18 +250,25 @@ def train(
     out_dir = Path(out_dir)
     if valid_text is None:
         text, valid_text = split_holdout(text, cfg.valid_fraction)
-    batcher = StreamBatcher(text, cfg.batch_size, cfg.seq_len, ddp.rank, ddp.world)
 
     ckpt = load_checkpoint(resume) if resume else None
     if ckpt is not None:
         model_cfg = ModelConfig.from_dict(ckpt["model_config"])
+    warm = load_checkpoint(init_from) if init_from is not None else None
+    if warm is not None and ModelConfig.from_dict(warm["model_config"]) != model_cfg:
+        diff = "; ".join(model_cfg.differences(ModelConfig.from_dict(warm["model_config"])))
+        raise BadCheckpointError(f"{init_from}: cannot warm-start from it: its model differs from the one asked "
+                                 f"for (asked vs its: {diff}); ask for its model or train from scratch")
+    slots = slot_table(model_cfg, ckpt or warm, speakers)
+    if model_cfg.speaker_slots and not slots:
+        log.warning("the model has speaker slots but the corpus names no speakers: it trains unconditioned")
+    train_ids = speaker_ids(text, slots) if model_cfg.speaker_slots else None
+    valid_ids = speaker_ids(valid_text, slots) if model_cfg.speaker_slots else None
+    batcher = StreamBatcher(text, cfg.batch_size, cfg.seq_len, ddp.rank, ddp.world, speakers=train_ids)
+
     torch.manual_seed(cfg.seed)
     model = build_model(model_cfg).to(device)
-    if init_from is not None:
-        warm = load_checkpoint(init_from)
-        if warm["model_config"] != model_cfg.to_dict():
-            raise BadCheckpointError(f"{init_from}: its model ({warm['model_config']['arch']}, hidden "
-                                     f"{warm['model_config']['hidden']}) differs from the one asked for")
+    if warm is not None:
         model.load_state_dict(warm["model"])
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
@@ -263,7 +298,7 @@ def train(
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "schedule": {"elapsed": elapsed_before + time.monotonic() - t0, "lr": lr},
                 "step": step, "rng": _rng_state(device), "hidden": all_hidden.cpu(),
-                "val_bpc": val_bpc, "history": history, "corpus": corpus_info or {},
+                "val_bpc": val_bpc, "history": history, "corpus": corpus_info or {}, "speaker_slots": slots,
                 "device": str(device), "parameters": count_parameters(model), "world_size": ddp.world,
             })
             # The training curve as plain JSON too, so plotting and reports need no torch.
@@ -291,8 +326,9 @@ def train(
                 hidden = initial_state(model_cfg, batcher.streams, device)
             x = torch.from_numpy(batch.x).to(device, non_blocking=True)
             y = torch.from_numpy(batch.y).to(device, non_blocking=True)
+            s = torch.from_numpy(batch.s).to(device, non_blocking=True) if batch.s is not None else None
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                logits, hidden = net(x, hidden)
+                logits, hidden = net(*_model_inputs(x, hidden, s))
                 loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
             hidden = hidden.detach().float()
             optimizer.zero_grad(set_to_none=True)
@@ -305,7 +341,8 @@ def train(
                 raise BadInputError(f"training diverged at step {step} (loss {loss_value}); try a lower --lr")
             val = None
             if ddp.is_main and cfg.eval_every and step % cfg.eval_every == 0:
-                val = last_val = evaluate_bpc(model, model_cfg, valid_text, device, cfg.eval_chars)
+                val = last_val = evaluate_bpc(model, model_cfg, valid_text, device, cfg.eval_chars,
+                                              speakers=valid_ids)
             if ddp.is_main:
                 history.append({"step": step, "loss": loss_value, **({"val_bpc": val} if val is not None else {})})
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
@@ -317,11 +354,11 @@ def train(
     except KeyboardInterrupt:
         interrupted = True  # fall through: save what we have, then let the caller report it
     spent = time.monotonic() - t0
-    final_val = evaluate_bpc(model, model_cfg, valid_text, device) if ddp.is_main else float("nan")
+    final_val = evaluate_bpc(model, model_cfg, valid_text, device, speakers=valid_ids) if ddp.is_main else float("nan")
     if ddp.is_main and history:
         history[-1]["val_bpc"] = final_val
     path = checkpoint(final_val)
     ddp.close()
     return TrainResult(path, step, final_val, elapsed_before + spent,
                        batcher.chars_per_step * ddp.world * (step - first_step) / max(spent, 1e-9),
-                       count_parameters(model), history, str(device), interrupted, ddp.is_main)
+                       count_parameters(model), history, str(device), interrupted, ddp.is_main, slots)

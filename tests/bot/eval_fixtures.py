@@ -48,13 +48,13 @@ def build_store(path: Path, messages: list[tuple[str, str]]) -> Path:
 
 
 def train_chat_model(db: Path, out: Path, steps: int = 150) -> Path:
-    """The real `mimic train --db` path (corpus, metadata, copy index, history.json), tiny and fast."""
+    """The real `mimic train --db` path (corpus, speaker slots, metadata, copy index, history.json), tiny."""
     from bot.jobs import chat_store_data, train_and_export
     from training.models import ModelConfig
     from training.trainer import TrainConfig
 
     cfg = TrainConfig(steps=steps, batch_size=8, seq_len=48, lr=0.01, eval_every=50, checkpoint_every=0,
                       threads=1)
-    _, onnx_path = train_and_export(chat_store_data(db), ModelConfig(hidden=32), cfg, out)
+    _, onnx_path = train_and_export(chat_store_data(db), ModelConfig(hidden=32, speaker_slots=16), cfg, out)
     assert onnx_path is not None
     return onnx_path

@@ -63,12 +63,41 @@ def test_train_accepts_darknets_file_flag(repeated_text_file: Path, tmp_path: Pa
     assert rc == 0 and (tmp_path / "r" / "model.onnx").is_file() and (tmp_path / "r" / "last.pt").is_file()
 
 
+def test_train_on_a_store_is_speaker_conditioned_and_resume_keeps_the_slots(tmp_path: Path) -> None:
+    from engine.session import ModelSession
+    from tests.bot.eval_fixtures import build_store, chat_messages
+    from training.checkpoint import load_checkpoint
+
+    db = build_store(tmp_path / "mimic.db", chat_messages(120))
+    small = ["--hidden", "8", "--steps", "2", "--batch-size", "2", "--seq-len", "8", "--threads", "1"]
+    assert main(["train", "--db", str(db), *small, "--out", str(tmp_path / "r")]) == 0
+    ckpt = load_checkpoint(tmp_path / "r" / "last.pt")
+    assert ckpt["model_config"]["speaker_slots"] == 1024  # the default for a chat store
+    table = ckpt["speaker_slots"]
+    assert set(table) == {"ada", "grace", "linus", "mo"} and sorted(table.values()) == [1, 2, 3, 4]
+    session = ModelSession(tmp_path / "r" / "model.onnx")
+    assert session.conditioned and {k: v["slot"] for k, v in session.meta_json("speakers").items()} == table
+
+    assert main(["train", "--db", str(db), *small, "--out", str(tmp_path / "r"),
+                 "--resume", str(tmp_path / "r" / "last.pt")]) == 0
+    assert load_checkpoint(tmp_path / "r" / "last.pt")["speaker_slots"] == table
+
+    assert main(["train", "--db", str(db), *small, "--speaker-slots", "0", "--out", str(tmp_path / "u")]) == 0
+    assert not ModelSession(tmp_path / "u" / "model.onnx").conditioned
+    assert main(["train", "--db", str(db), *small, "--arch", "darknet-rnn", "--no-export",
+                 "--out", str(tmp_path / "d")]) == 0
+    assert load_checkpoint(tmp_path / "d" / "last.pt")["model_config"]["speaker_slots"] == 0  # Darknet's: never
+    assert main(["train", "--db", str(db), *small, "--arch", "darknet-rnn", "--speaker-slots", "8",
+                 "--out", str(tmp_path / "x")]) == 2
+
+
 @pytest.mark.parametrize("make,args,needle", [
     (None, ["train", "{tmp}/missing.txt", "--steps", "1"], "no such file"),
     ("empty", ["train", "{tmp}/empty.txt", "--steps", "1"], "empty"),
     ("dir", ["train", "{tmp}/adir", "--steps", "1"], "directory"),
     ("short", ["train", "{tmp}/short.txt", "--steps", "1"], "shorter than one training window"),
     ("short", ["train", "{tmp}/short.txt", "--steps", "1", "--arch", "transformer"], "unknown architecture"),
+    ("short", ["train", "{tmp}/short.txt", "--steps", "1", "--speaker-slots", "8"], "--speaker-slots needs --db"),
     ("garbage", ["export", "{tmp}/garbage.pt", "{tmp}/o.onnx"], "not a readable Mimic checkpoint"),
     ("garbage", ["generate", "{tmp}/garbage.pt"], "not a valid ONNX model"),
     (None, ["generate", "{tmp}/missing.onnx"], "no such model file"),
@@ -106,9 +135,14 @@ def test_ctrl_c_saves_a_checkpoint_first(tmp_path: Path, repeated_text_file: Pat
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
-    assert seen.wait(120), b"".join(chunks)  # training is under way
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(120) == 130
+    try:
+        assert seen.wait(300), b"".join(chunks)  # training is under way
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(120) == 130
+    finally:
+        if proc.poll() is None:  # never leave a million-step training behind
+            proc.kill()
+            proc.wait()
     reader.join(10)
     err = b"".join(chunks).decode(errors="replace")
     assert "resume with" in err and "Traceback" not in err

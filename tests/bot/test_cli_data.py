@@ -140,3 +140,27 @@ def test_history_slack_against_a_fake_api(cwd, capsys, monkeypatch):
         monkeypatch.setenv("MY_TOKEN", "xoxb-wrong")
         assert main(["history", "slack", "--token-env", "MY_TOKEN"]) == 2
         _one_line_error(capsys.readouterr().err, "invalid_auth")
+
+
+def test_history_discord_needs_the_token_in_the_environment(cwd, capsys):
+    assert main(["history", "discord"]) == 2
+    _one_line_error(capsys.readouterr().err, "DISCORD_TOKEN is not set")
+
+
+def test_history_discord_against_a_fake_api(cwd, capsys, monkeypatch):
+    from tests.training.fake_discord import SECRET
+    from tests.training.fake_discord import TOKEN as DISCORD_TOKEN
+    from tests.training.fake_discord import serve as serve_discord
+
+    with serve_discord():
+        monkeypatch.setenv("DISCORD_TOKEN", DISCORD_TOKEN)
+        assert main(["history", "discord"]) == 0
+        assert capsys.readouterr().out.startswith("125 messages from 3 files: 125 new")
+        assert set(_stats(capsys)["channels"]) == {"general", "random", "announcements"}
+        assert main(["history", "discord", "--channels", f"#secret,{SECRET}", "--db", "data/mimic.db"]) == 0
+        assert "secret" in _stats(capsys)["channels"]
+        assert main(["history", "discord"]) == 0  # nothing new since the last run
+        assert capsys.readouterr().out.startswith("0 messages from 3 files")
+        monkeypatch.setenv("DISCORD_TOKEN", "wrong")
+        assert main(["history", "discord"]) == 2
+        _one_line_error(capsys.readouterr().err, "Discord refused the bot token (HTTP 401 Unauthorized)")

@@ -61,6 +61,7 @@ def test_report_has_every_figure(report: dict) -> None:
     assert report["model_info"]["hidden"] == "32"
     gain = report["speaker_name_gain"]
     assert gain["records"] > 0 and gain["gain"] == pytest.approx(gain["wrong_name"] - gain["right_name"])
+    assert gain["conditioned"] and gain["gain"] > 0  # four people with distinct styles: the right one costs less
 
 
 def test_markov_copies_its_training_text(report: dict) -> None:
@@ -95,6 +96,29 @@ def test_record_bits_charge_each_byte_to_its_record(chat: dict[str, Path]) -> No
     # Cut into parallel streams at record boundaries: only the state at each cut differs.
     many = record_bits(session, records, max_streams=5)
     assert many.sum() == pytest.approx(expected.sum(), rel=0.05)
+
+
+def test_record_bits_feed_each_writers_slot(chat: dict[str, Path]) -> None:
+    """A speaker-conditioned model is charged as it was trained: name and ':' slot 0, the rest the writer's."""
+    from bot.eval_bpc import record_bits
+    from engine.evaluate import log_softmax
+    from engine.model_source import load_model
+    from training.corpus import format_record
+    from training.speaker_slots import speaker_ids
+
+    model = load_model(chat["model"])
+    slots = model.speakers.slots()
+    assert set(slots) == {"ada", "grace", "linus", "mo"}
+    records = [format_record(s, t).encode() for s, t in _split(chat).valid]
+    stream = b"\n" + b"".join(records)
+    tokens = np.frombuffer(stream, dtype=np.uint8).astype(np.int64)
+    ids = speaker_ids(stream, slots)
+    logits, _ = model.session.run(tokens[None, :-1], model.session.initial_state(1), ids[None, :-1])
+    logp = np.take_along_axis(log_softmax(logits[0]), tokens[1:, None], axis=-1)[:, 0] / -math.log(2)
+    expected = np.add.reduceat(logp, np.cumsum([0] + [len(r) for r in records[:-1]]))
+    got = record_bits(model.session, records, max_streams=1, window=7, slots=slots)
+    np.testing.assert_allclose(got, expected, rtol=1e-4)
+    assert got.sum() < record_bits(model.session, records, max_streams=1).sum()  # slots help on its own data
 
 
 def test_ceiling_is_the_classifier_on_real_held_out_messages(report: dict, chat: dict[str, Path]) -> None:

@@ -215,6 +215,44 @@ def test_warm_start_from_current_and_a_worse_candidate_is_kept_out(served: Path)
     assert reg.manifest(worse.version)["decision"]["promoted"] is False
 
 
+def test_warm_start_keeps_every_speaker_slot_and_gives_a_newcomer_the_next(served: Path) -> None:
+    from engine.model_source import load_model
+    from training.checkpoint import load_checkpoint
+    from training.store import MessageRecord, Store, UserRecord
+
+    reg = Registry(served / "models")
+    first = reg.current()
+    assert reg.manifest(first)["model"]["speaker_slots"] == 1024  # a fresh chat model is speaker-conditioned
+    before = load_checkpoint(reg.checkpoint(first))["speaker_slots"]
+    assert set(before) == set(STYLES)
+    with Store.open(served / "mimic.db") as store:
+        store.upsert_users([UserRecord("slack", "U-zed", handle="zed", display_name="Zed")])
+        store.upsert_messages(MessageRecord("slack", "C01GEN", f"{START + 60 * (400 + i)}.000100", "U-zed",
+                                            f"zzz {i}", float(START + 60 * (400 + i))) for i in range(40))
+    warm = run_retrain(tiny_options(served, steps=10, tolerance=10.0))
+    assert warm.status == "promoted" and reg.manifest(warm.version)["training"]["mode"] == "warm-start"
+    after = load_checkpoint(reg.checkpoint(warm.version))["speaker_slots"]
+    assert after == {**before, "zed": max(before.values()) + 1}  # nobody renumbered, one row more in use
+    served_slots = load_model(reg.model_path(warm.version)).speakers.slots()
+    assert served_slots["zed"] == after["zed"] and all(served_slots[s] == before[s] for s in STYLES)
+
+
+def test_an_unconditioned_lineage_gains_speaker_slots_at_its_next_from_scratch_run(served: Path) -> None:
+    reg = Registry(served / "models")
+    current = reg.current()
+    manifest_file = reg.versions / current / "manifest.json"
+    manifest = json.loads(manifest_file.read_text())
+    manifest["model"].pop("speaker_slots")  # written before speaker slots existed
+    manifest_file.write_text(json.dumps(manifest))
+    started = datetime.fromisoformat(manifest["lineage_started"])
+    opts = tiny_options(served, from_scratch_every_days=30, model={})
+    warm = plan_training(reg, opts, started + timedelta(days=1))
+    assert not warm.from_scratch and warm.model["speaker_slots"] == 0  # a warm start keeps the parent's shapes
+    assert plan_training(reg, opts, started + timedelta(days=31)).model["speaker_slots"] == 1024
+    darknet = plan_training(reg, replace(opts, model={"arch": "darknet-rnn"}), started)
+    assert darknet.from_scratch and darknet.model["speaker_slots"] == 0
+
+
 def test_a_promotion_by_hand_during_the_run_wins(served: Path) -> None:
     reg = Registry(served / "models")
     first = reg.current()

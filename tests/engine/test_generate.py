@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 
 from engine.errors import BadRequestError, ModelLoadError
-from engine.generate import Generator, Utf8Stream, decode_complete
+from engine.generate import Generator, Request, Utf8Stream, decode_complete
+from engine.sampling import SamplingConfig
 from engine.session import ModelSession
 from tests.conftest import REPEATED
 
@@ -43,6 +44,14 @@ def test_length_zero_and_bad_temperature(gen: Generator) -> None:
     assert gen.generate(length=0) == ""
     with pytest.raises(BadRequestError):
         gen.generate(temperature=0)
+
+
+def test_speaker_slots_are_ignored_by_a_model_without_them(gen: Generator) -> None:
+    plain = Request(b"the quick", 80, 7)
+    tagged = Request(b"the quick", 80, 7, seed_speakers=(3,) * 9, speaker=3)
+    assert gen.generate_bytes([plain], SamplingConfig(1.0)) == gen.generate_bytes([tagged], SamplingConfig(1.0))
+    with pytest.raises(BadRequestError, match="2 slots for 9 seed bytes"):
+        Request(b"the quick", 10, seed_speakers=(1, 2))
 
 
 def test_utf8_held_back_until_complete_and_invalid_bytes_never_crash() -> None:

@@ -38,6 +38,59 @@ def test_export_matches_torch_for_prompt_and_step_shapes(tmp_path: Path, arch: s
             want, want_state = model(torch.from_numpy(tokens), torch.from_numpy(state))
         assert np.abs(logits - want.numpy()).max() <= 1e-4
         assert np.abs(new_state - want_state.numpy()).max() <= 1e-4
+    assert not session.conditioned  # no speaker slots: the original two-input contract
+
+
+def _with_speakers(cfg: ModelConfig, tmp_path: Path) -> torch.nn.Module:
+    """A briefly trained speaker-conditioned model whose speaker vectors are far from zero."""
+    model = _trained_ish(cfg, tmp_path)
+    with torch.no_grad():
+        model.speaker.weight[1:] = torch.randn(cfg.speaker_slots - 1, cfg.hidden)
+    return model
+
+
+@pytest.mark.parametrize("arch,layers", [("gru", 2), ("lstm", 2), ("gru", 1)])
+def test_speaker_conditioned_export_matches_torch(tmp_path: Path, arch: str, layers: int) -> None:
+    cfg = ModelConfig(arch=arch, hidden=24, layers=layers, speaker_slots=6)
+    model = _with_speakers(cfg, tmp_path)
+    report = export_model(model, cfg, tmp_path / "m.onnx", model_metadata(cfg))  # parity with random slots
+    assert report.max_abs_diff <= 1e-4
+    session = ModelSession(report.path)
+    assert session.conditioned and session.speaker_slots == 6
+    rng = np.random.default_rng(3)
+    for batch, time in [(1, 1), (3, 40)]:
+        tokens = rng.integers(0, 256, (batch, time))
+        speakers = rng.integers(0, 6, (batch, time))
+        state = rng.standard_normal((cfg.state_rows, batch, 24)).astype(np.float32)
+        logits, new_state = session.run(tokens, state, speakers)
+        with torch.no_grad():
+            want, want_state = model(torch.from_numpy(tokens), torch.from_numpy(state), torch.from_numpy(speakers))
+        assert np.abs(logits - want.numpy()).max() <= 1e-4
+        assert np.abs(new_state - want_state.numpy()).max() <= 1e-4
+        # No slots given: slot 0, nobody, the same as the torch model without speakers.
+        with torch.no_grad():
+            plain = model(torch.from_numpy(tokens), torch.from_numpy(state))[0].numpy()
+        assert np.abs(session.run(tokens, state)[0] - plain).max() <= 1e-4
+
+
+def test_parity_check_covers_the_speaker_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import export.onnx_export as ox
+
+    cfg = ModelConfig(hidden=8, speaker_slots=4)
+    model = build_model(cfg).eval()
+    with torch.no_grad():
+        model.speaker.weight[1:] = torch.randn(3, 8)
+    real_build = ox.build_onnx
+
+    def broken(cfg_dict, weights, meta):
+        weights = dict(weights)
+        weights["speaker.weight"] = weights["speaker.weight"][[0, 2, 1, 3]]  # two people's vectors swapped
+        return real_build(cfg_dict, weights, meta)
+
+    monkeypatch.setattr(ox, "build_onnx", broken)
+    with pytest.raises(ParityError, match="disagree"):
+        export_model(model, cfg, tmp_path / "m.onnx", model_metadata(cfg))
+    assert not (tmp_path / "m.onnx").exists()
 
 
 def test_graph_has_the_serving_contract(tmp_path: Path) -> None:
@@ -53,6 +106,20 @@ def test_graph_has_the_serving_contract(tmp_path: Path) -> None:
     meta = {p.key: p.value for p in proto.metadata_props}
     for key in ("arch", "hidden", "layers", "vocab", "created", "mimic_version", "val_bpc"):
         assert key in meta
+    assert meta["mimic_format"] == "1" and "speaker_slots" not in meta
+
+
+def test_conditioned_graph_adds_only_the_speakers_input(tmp_path: Path) -> None:
+    cfg = ModelConfig(hidden=8, speaker_slots=16)
+    proto = onnx.load(export_model(build_model(cfg).eval(), cfg, tmp_path / "m.onnx", model_metadata(cfg)).path)
+    ins = {i.name: i for i in proto.graph.input}
+    assert set(ins) == {"tokens", "state_in", "speakers"}
+    assert {o.name for o in proto.graph.output} == {"logits", "state_out"}
+    assert ins["speakers"].type.tensor_type.elem_type == onnx.TensorProto.INT64
+    assert [d.dim_param for d in ins["speakers"].type.tensor_type.shape.dim] == ["batch", "time"]
+    tables = {i.name.rsplit("_", 1)[0]: tuple(i.dims) for i in proto.graph.initializer}
+    assert tables["gate_table"] == (256, 24) and tables["speaker_gate_table"] == (16, 24)  # one Gather each
+    assert {p.key: p.value for p in proto.metadata_props}["mimic_format"] == "2"
 
 
 def test_a_wrong_graph_is_refused_and_nothing_is_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -83,6 +150,19 @@ def test_export_checkpoint_carries_corpus_facts(tmp_path: Path) -> None:
     assert session.metadata["train_chars"] == "1234" and session.metadata["val_bpc"] == "2.5000"
     assert session.meta_json("speakers") == {"ann": 40}
     assert session.metadata["line_break"] == "\x1e"
+
+
+def test_export_checkpoint_gives_each_speaker_its_slot(tmp_path: Path) -> None:
+    cfg = ModelConfig(hidden=8, speaker_slots=4)
+    speakers = {"ann": {"messages": 40, "display_name": "Ann", "real_name": "Ann Example"}, "bo": 9, "cy": 2}
+    save_checkpoint(tmp_path / "c.pt", {"model_config": cfg.to_dict(), "model": build_model(cfg).state_dict(),
+                                        "speaker_slots": {"bo": 1, "ann": 2, "gone": 3},
+                                        "corpus": {"kind": "chat", "speakers": speakers, "line_break": "\x1e"}})
+    session = ModelSession(export_checkpoint(tmp_path / "c.pt", tmp_path / "out.onnx").path)
+    assert session.meta_json("speakers") == {
+        "ann": {"messages": 40, "display_name": "Ann", "real_name": "Ann Example", "slot": 2},
+        "bo": {"messages": 9, "slot": 1}, "cy": {"messages": 2, "slot": 0}}  # cy: no slot left, unconditioned
+    assert session.metadata["speaker_slots"] == "4" and session.metadata["mimic_format"] == "2"
 
 
 def test_export_wants_an_onnx_name(tmp_path: Path) -> None:

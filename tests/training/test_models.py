@@ -58,3 +58,19 @@ def test_darknet_batch_norm_uses_rolling_statistics_at_inference() -> None:
 def test_bad_config_is_rejected(bad: dict) -> None:
     with pytest.raises(ValueError):
         ModelConfig(**bad)
+
+
+@pytest.mark.parametrize("arch", ["gru", "lstm"])
+def test_speaker_conditioned_one_call_equals_step_by_step(arch: str) -> None:
+    cfg = ModelConfig(arch=arch, hidden=16, layers=2, speaker_slots=5)
+    model = build_model(cfg).eval()
+    torch.nn.init.normal_(model.speaker.weight)
+    tokens, speakers = torch.randint(0, 256, (2, 9)), torch.randint(0, 5, (2, 9))
+    with torch.no_grad():
+        whole, s_whole = model(tokens, initial_state(cfg, 2), speakers)
+        state, steps = initial_state(cfg, 2), []
+        for t in range(9):
+            out, state = model(tokens[:, t:t + 1], state, speakers[:, t:t + 1])
+            steps.append(out)
+    assert torch.allclose(whole, torch.cat(steps, 1), atol=1e-5)
+    assert torch.allclose(s_whole, state, atol=1e-5)

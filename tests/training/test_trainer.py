@@ -55,18 +55,27 @@ def test_loss_goes_down_and_bits_per_char_is_reported(tmp_path: Path) -> None:
     assert result.history[-1]["val_bpc"] == result.val_bpc
 
 
+CHAT = "".join(f"{who}: {text}\n" for who, text in [("ada", "lol the build is green"), ("bob", "NAK.\x1eno tests."),
+                                                      ("cy", "Good morning, team!")] * 40).encode()
+
+
 @pytest.mark.parametrize("arch,extra", [("gru", {"dropout": 0.2, "layers": 2}), ("darknet-rnn", {"layers": 2}),
-                                        ("lstm", {})])
+                                        ("lstm", {}), ("gru", {"speaker_slots": 8, "dropout": 0.2}),
+                                        ("lstm", {"speaker_slots": 8})])
 def test_resume_is_exact(tmp_path: Path, arch: str, extra: dict) -> None:
     """2N steps in one go == N steps, then resume for N more: same weights, bit for bit, on the CPU."""
     model_cfg = ModelConfig(arch=arch, hidden=16, **extra)
-    once = train(TEXT, model_cfg, _cfg(steps=12), tmp_path / "once")
-    half = train(TEXT, model_cfg, _cfg(steps=6), tmp_path / "half")
-    resumed = train(TEXT, model_cfg, _cfg(steps=6), tmp_path / "half", resume=half.checkpoint)
+    text, speakers = (CHAT, ["ada", "bob", "cy"]) if model_cfg.speaker_slots else (TEXT, None)
+    once = train(text, model_cfg, _cfg(steps=12), tmp_path / "once", speakers=speakers)
+    half = train(text, model_cfg, _cfg(steps=6), tmp_path / "half", speakers=speakers)
+    resumed = train(text, model_cfg, _cfg(steps=6), tmp_path / "half", speakers=speakers, resume=half.checkpoint)
     a, b = load_checkpoint(once.checkpoint), load_checkpoint(resumed.checkpoint)
     assert a["step"] == b["step"] == 12
+    assert a["speaker_slots"] == b["speaker_slots"] == ({"ada": 1, "bob": 2, "cy": 3} if speakers else {})
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
+    if speakers:
+        assert a["model"]["speaker.weight"][1:4].abs().sum() > 0  # the speaker vectors did train
 
 
 def test_checkpoint_describes_itself(tmp_path: Path) -> None:

@@ -1,0 +1,209 @@
+"""training/history_discord.py against a fake Discord REST API on 127.0.0.1 (tests/training/fake_discord.py),
+with discord.py's own HTTP client: channel choice, pagination, the shared conversion, watermarks, errors."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.training.fake_discord import (
+    ADA,
+    ANNOUNCE,
+    BOT_ID,
+    GENERAL,
+    GRACE,
+    GUILD,
+    LINUS,
+    LOCKED,
+    NICKS,
+    RANDOM,
+    ROLE_DEVS,
+    SECRET,
+    THREAD,
+    TOKEN,
+    message,
+    serve,
+    snowflake,
+)
+from tests.training.fixtures import dce_file, write_dce
+from training.errors import ApiError
+from training.history_discord import fetch_discord_history
+from training.ingest_discord import ingest_discord_exports
+from training.store import ChannelRecord, Store
+
+ROWS = """SELECT c.platform_id, c.name, c.kind, m.platform_id, u.platform_id, u.speaker, u.handle, u.display_name,
+                 u.avatar_url, u.is_bot, m.text, m.thread_parent, m.created, m.edited
+          FROM messages m JOIN channels c ON c.id = m.channel_id JOIN users u ON u.id = m.user_id
+          ORDER BY c.platform_id, m.platform_id"""
+
+
+def rows(db: Path) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(db) as conn:
+        return conn.execute(ROWS).fetchall()
+
+
+@pytest.fixture
+def fake():
+    with serve() as fake:
+        yield fake
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "mimic.db"
+
+
+def fetch(db: Path, **options: Any):
+    with Store.open(db) as store:
+        return fetch_discord_history(options.pop("token", TOKEN), store, **options)
+
+
+def test_first_run_fetches_public_channels_page_by_page(fake, db: Path) -> None:
+    events: list[Any] = []
+    report = fetch(db, progress=events.append)
+    # Public text and announcement channels the bot may read; never the private one, the one whose history
+    # the bot is denied, or the voice channel.
+    asked = {path.split("/")[2] for _, path, _ in fake.requests if path.endswith("/messages")}
+    assert asked == {GENERAL, RANDOM, ANNOUNCE}
+    pages = fake.history_calls(GENERAL)
+    assert [p["after"] for p in pages] == ["0", snowflake(99)]  # 126 messages: a full page of 100, then the rest
+    assert all(p["limit"] == "100" for p in pages)
+    assert report.new == 120 + 3 + 1 + 1 and report.files == 3
+    assert report.skipped == {"bot": 2, "type new_member": 1}  # a bot, Mimic's own webhook post, a join
+    assert (events[-1].files_done, events[-1].files_total, events[-1].messages) == (3, 3, 128)
+    assert events[0].source == "#general" and events[0].messages == 100  # progress every page
+    with Store.open(db) as store:
+        # the newest message seen, stored or not (the join notice), so a second run asks for nothing old
+        assert store.get_watermark("discord", GENERAL) == snowflake(205)
+        assert store.get_watermark("discord", RANDOM) == snowflake(300)
+        assert store.channel("discord", GENERAL).workspace_id == GUILD
+    by_id = {r[3]: r for r in rows(db)}
+    mention = by_id[snowflake(203)]
+    assert mention[10] == "thanks @grace, see #random and @devs :party:"  # as an export with raw tokens reads
+    assert mention[5:8] == ("ada", "ada", "Ada (work)")  # the guild nickname, as live capture has it
+    edited = by_id[snowflake(202)]
+    assert edited[10] == "final wording" and edited[13] is not None
+    assert by_id[snowflake(204)][11] == snowflake(203)  # a reply keeps its parent
+    assert all(len(fake.calls(rf"/guilds/{GUILD}/members/{who}")) == 1 for who in (ADA, GRACE, LINUS))  # once each
+
+
+def test_stored_rows_equal_an_export_import_of_the_same_messages(fake, db: Path, tmp_path: Path) -> None:
+    fetch(db)
+    exported = tmp_path / "export.db"
+    files = [write_dce(tmp_path, dce_file(cid, name, [as_exported(m) for m in fake.messages[cid]],
+                                          guild={"id": GUILD, "name": "Demo Guild", "iconUrl": ""},
+                                          channel_type=kind))
+             for cid, name, kind in ((GENERAL, "general", "GuildTextChat"), (RANDOM, "random", "GuildTextChat"),
+                                     (ANNOUNCE, "announcements", "GuildNews"))]
+    with Store.open(exported) as store:
+        ingest_discord_exports(files, store)
+    assert rows(db) == rows(exported)
+
+
+def as_exported(payload: dict[str, Any]) -> dict[str, Any]:
+    """What DiscordChatExporter (`--markdown false`) writes for one API message, written out by hand."""
+    author = payload["author"]
+    uid = author["id"]
+    kinds = {0: "Default", 19: "Reply", 7: "GuildMemberJoin"}
+    ref = payload.get("message_reference")
+    return {
+        "id": payload["id"], "type": kinds[payload["type"]], "timestamp": payload["timestamp"],
+        "timestampEdited": payload["edited_timestamp"], "content": payload["content"],
+        "author": {"id": uid, "name": author["username"],
+                   "nickname": NICKS.get(uid) or author["global_name"] or author["username"],
+                   "isBot": author["bot"] or "webhook_id" in payload,
+                   "avatarUrl": f"https://cdn.discordapp.com/embed/avatars/{(int(uid) >> 22) % 6}.png",
+                   "roles": [{"id": ROLE_DEVS, "name": "devs"}] if uid == ADA else []},
+        "mentions": [{"id": u["id"], "name": u["username"], "nickname": u["global_name"]} for u in payload["mentions"]],
+        "reference": {"messageId": ref["message_id"]} if ref else None,
+    }
+
+
+def test_second_run_asks_only_for_what_is_newer(fake, db: Path) -> None:
+    fetch(db)
+    fake.requests.clear()
+    fake.add(GENERAL, message(700, GRACE, "something new"), message(701, BOT_ID, "bot again"))
+    report = fetch(db)
+    assert [p["after"] for p in fake.history_calls(GENERAL)] == [snowflake(205)]
+    assert [p["after"] for p in fake.history_calls(RANDOM)] == [snowflake(300)]
+    assert (report.new, report.updated, report.unchanged) == (1, 0, 0) and report.skipped == {"bot": 1}
+    with Store.open(db) as store:
+        assert store.get_watermark("discord", GENERAL) == snowflake(701)
+    report = fetch(db)
+    assert report.stored == 0 and report.files == 3
+
+
+def test_a_failure_midway_keeps_the_stored_batches_and_the_next_run_resumes(fake, db: Path) -> None:
+    fake.broken_after = snowflake(99)  # the second page of #general fails
+    with pytest.raises(ApiError, match=r"Discord API GET /api/v10/channels/\d+/messages failed: HTTP 503"):
+        fetch(db, batch_size=40)
+    with Store.open(db) as store:
+        assert store.message_count() == 100  # two batches of 40 and the last 20 of the page, with their watermark
+        assert store.get_watermark("discord", GENERAL) == snowflake(99)
+    fake.broken_after = None
+    fake.requests.clear()
+    report = fetch(db, batch_size=40)
+    assert [p["after"] for p in fake.history_calls(GENERAL)] == [snowflake(99)]
+    assert report.new == 20 + 3 + 1 + 1
+
+
+def test_listed_channels_private_ones_included_and_problems_skipped_with_a_warning(fake, db: Path) -> None:
+    report = fetch(db, channels=["#secret", str(LOCKED), "999999999999999999", "#nope", RANDOM])
+    assert {p.split("/")[2] for _, p, _ in fake.requests if p.endswith("/messages")} == {SECRET, LOCKED, RANDOM}
+    assert not fake.history_calls(GENERAL)
+    with Store.open(db) as store:
+        assert store.channel("discord", SECRET).kind == "private"
+        assert store.get_watermark("discord", LOCKED) is None
+    assert report.files == 2 and report.new == 2
+    warnings = "\n".join(report.warnings)
+    assert f"#locked ({LOCKED}): no access (HTTP 403 Missing Access); skipped" in warnings
+    assert "Discord channel 999999999999999999: not found (HTTP 404 Unknown Channel); skipped" in warnings
+    assert "Discord channel '#nope' not found in the bot's guilds; skipped" in warnings
+    public_and_one = fetch(db, channels=["public", SECRET])  # as `learn_channels = ["public", "<id>"]` reads
+    assert public_and_one.files == 4
+
+
+def test_a_thread_is_fetched_when_listed_by_id(fake, db: Path) -> None:
+    report = fetch(db, channels=[THREAD])
+    assert report.new == 1 and fake.history_calls(THREAD)[0]["after"] == "0"
+    with Store.open(db) as store:
+        assert store.channel("discord", THREAD) == ChannelRecord("discord", THREAD, "release plan", GUILD, "thread")
+    assert [r[10] for r in rows(db)] == ["in a thread"]
+
+
+def test_a_rate_limit_is_waited_out_by_discord_py(fake, db: Path) -> None:
+    fake.rate_limit_once = {f"/channels/{GENERAL}/messages"}
+    report = fetch(db)
+    assert len(fake.history_calls(GENERAL)) == 3 and fake.history_calls(GENERAL)[0] == fake.history_calls(GENERAL)[1]
+    assert report.new == 125
+
+
+def test_a_bad_token_and_an_api_that_is_down_are_one_line_errors(fake, db: Path) -> None:
+    with pytest.raises(ApiError, match=r"^Discord refused the bot token \(HTTP 401 Unauthorized\); check DISCORD_TOKEN$"):
+        fetch(db, token="not-the-token")
+    fake.down = True
+    with pytest.raises(ApiError, match=r"^Discord API GET /api/v10/users/@me failed: HTTP 503"):
+        fetch(db)
+    fake.down = False
+    with Store.open(db) as store:
+        assert store.message_count() == 0
+
+
+def test_an_unreachable_api(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import discord
+
+    monkeypatch.setattr(discord.http.Route, "BASE", "http://127.0.0.1:9/api/v10")
+    with pytest.raises(ApiError, match=r"^Discord API: cannot connect"):
+        fetch(db)
+
+
+def test_messages_without_text_mean_a_missing_intent(fake, db: Path) -> None:
+    for channel in fake.messages.values():
+        for m in channel:
+            m["content"] = ""
+    report = fetch(db)
+    assert report.stored == 0
+    assert any("message content intent" in w for w in report.warnings)
