@@ -22,7 +22,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     m = p.add_argument_group("model")
     m.add_argument("--arch", default="gru", help="gru (default), lstm or darknet-rnn")
     m.add_argument("--hidden", type=int, default=256, help="hidden size (default 256: see the README's benchmark)")
-    m.add_argument("--layers", type=int, default=1, help="recurrent layers / Darknet [rnn] modules (default 1)")
+    m.add_argument("--layers", type=int, default=None,
+                   help="recurrent layers (default 1), or Darknet [rnn] modules for darknet-rnn (default 3)")
     m.add_argument("--dropout", type=float, default=0.0)
     m.add_argument("--no-batch-norm", action="store_true", help="darknet-rnn without batch normalisation")
     m.add_argument("--speaker-slots", type=int, metavar="N",
@@ -63,7 +64,8 @@ def run_train(args: argparse.Namespace) -> int:
     if slots is None:
         slots = CHAT_SPEAKER_SLOTS if args.db and args.arch in ("gru", "lstm") else 0
     try:
-        model_cfg = ModelConfig(arch=args.arch, hidden=args.hidden, layers=args.layers, dropout=args.dropout,
+        model_cfg = ModelConfig(arch=args.arch, hidden=args.hidden,
+                                layers=args.layers or (3 if args.arch == "darknet-rnn" else 1), dropout=args.dropout,
                                 batch_norm=not args.no_batch_norm, speaker_slots=slots)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc

@@ -166,7 +166,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--time-budget", type=float, metavar="SECONDS", help="seconds of training ([retrain] time_budget)")
     p.add_argument("--steps", type=int, metavar="N", help="stop after N steps (or the time budget, if sooner)")
     p.add_argument("--tolerance", type=float, help="bits/char the candidate may be worse ([retrain] tolerance)")
-    m = p.add_argument_group("model for a from-scratch run (default: the serving model's, else gru 512)")
+    m = p.add_argument_group("model for a from-scratch run (default: the serving model's, else Mimic's default)")
     m.add_argument("--arch")
     m.add_argument("--hidden", type=int)
     m.add_argument("--layers", type=int)

@@ -193,10 +193,9 @@ def build_demo_model(data_dir: Path, time_budget: float, *, hidden: int = DEMO_H
     """Synthetic export -> store -> a briefly trained model with its copy index. Returns the .onnx path."""
     from bot.jobs import chat_store_data, train_and_export
     from bot.progress import TrainingBar
-    from engine.copyindex import build_copy_index, index_path_for
-    from training.corpus import iter_training_texts
     from training.ingest_slack import ingest_slack_export
     from training.models import ModelConfig
+    from training.speaker_slots import CHAT_SPEAKER_SLOTS
     from training.store import Store
     from training.trainer import TrainConfig
 
@@ -214,14 +213,14 @@ def build_demo_model(data_dir: Path, time_budget: float, *, hidden: int = DEMO_H
                             checkpoint_every=10_000, warmup_steps=20)
     bar = TrainingBar(None, time_budget, disable=not progress)
     try:
-        result, onnx = train_and_export(data, ModelConfig(hidden=hidden), train_cfg, model_dir, on_progress=bar)
+        model_cfg = ModelConfig(hidden=hidden, speaker_slots=CHAT_SPEAKER_SLOTS)
+        result, onnx = train_and_export(data, model_cfg, train_cfg, model_dir, on_progress=bar)
     finally:
         bar.close()
     if onnx is None:
         from bot.errors import UsageError
 
         raise UsageError("demo training was interrupted before a model was written")
-    build_copy_index((text for _, text in iter_training_texts(db)), index_path_for(onnx))
     print(f"mimic demo: trained {result.step} steps in {result.elapsed:.0f} s, held-out {result.val_bpc:.2f} bits/char",
           file=log)
     return onnx

@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from export.errors import BadConfigError, BadWeightsError, ExportError
-from export.metadata import model_metadata, write_atomic
+from export.metadata import model_metadata
+from training.atomic import write_atomic
 
 if TYPE_CHECKING:
     from export.onnx_export import ExportReport

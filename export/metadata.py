@@ -1,14 +1,11 @@
-"""What every exported model carries in its ONNX metadata, and atomic file writes. No torch here, so the
-Darknet converter and the registry can use it on a host without the training extra."""
+"""What every exported model carries in its ONNX metadata. No torch here, so the Darknet converter can use
+it on a host without the training extra."""
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from datetime import UTC, datetime
 from importlib import metadata as importlib_metadata
-from pathlib import Path
 from typing import Any
 
 FORMAT_VERSION = "1"  # the engine contract (engine/session.py SUPPORTED_FORMATS)
@@ -48,19 +45,3 @@ def model_metadata(config: Any, **facts: Any) -> dict[str, str]:
             continue
         meta[key] = value if isinstance(value, str) else json.dumps(value)
     return meta
-
-
-def write_atomic(path: str | Path, data: bytes) -> None:
-    """Temporary file, fsync, rename: a crash never leaves half a file under the real name."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

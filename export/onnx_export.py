@@ -10,9 +10,10 @@ import numpy as np
 import torch
 
 from export.errors import ExportError
-from export.metadata import model_metadata, write_atomic
+from export.metadata import model_metadata
 from export.onnx_graph import build_onnx
 from export.parity import check_parity
+from training.atomic import write_atomic
 from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.models import ModelConfig
 

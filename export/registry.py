@@ -43,7 +43,6 @@ import logging
 import os
 import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -52,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from export.errors import RegistryError
+from training.atomic import FILE_MODE, fsync_dir, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,6 @@ PROMOTIONS_FILE = "promotions.jsonl"
 RUNS_FILE = "runs.jsonl"
 LOCK_FILE = ".lock"
 REQUIRED_FILES = (MODEL_FILE, CHECKPOINT_FILE)
-FILE_MODE = 0o644  # the bots may run as another user than the worker
 
 
 def utc_now() -> datetime:
@@ -84,31 +83,6 @@ def version_name(moment: datetime | None = None) -> str:
 
 def _valid_name(name: str) -> bool:
     return bool(name) and "/" not in name and "\\" not in name and not name.startswith(".") and "\x00" not in name
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename or unlink inside `path` durable (a file's own fsync does not cover its directory entry)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write a new file, fsync it, rename it over `path`, fsync the directory: readers see old or new, never half."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fchmod(f.fileno(), FILE_MODE)
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
 
 
 def write_json(path: Path, value: Any) -> None:
@@ -155,7 +129,7 @@ def _fsync_tree(path: Path) -> None:
     for p in path.iterdir():
         if p.is_file():
             with open(p, "rb") as f:
-                os.fchmod(f.fileno(), FILE_MODE)
+                os.fchmod(f.fileno(), FILE_MODE)  # files written by other tools (torch.save, numpy) too
                 os.fsync(f.fileno())
     fsync_dir(path)
 

@@ -8,13 +8,12 @@ Writes are atomic (temporary file, fsync, rename), so a crash never leaves half 
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from training.atomic import atomic_open
 from training.errors import BadCheckpointError
 from training.models import ModelConfig, build_model
 
@@ -24,17 +23,8 @@ VERSION = 1
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, "version": VERSION, **payload}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as f:
+        torch.save({"format": FORMAT, "version": VERSION, **payload}, f)
     return path
 
 

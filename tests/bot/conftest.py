@@ -45,8 +45,6 @@ class ChatWorld:
 def chat_world(tmp_path_factory: pytest.TempPathFactory) -> ChatWorld:
     from bot.demo import write_demo_export
     from bot.jobs import chat_store_data, train_and_export
-    from engine.copyindex import build_copy_index, index_path_for
-    from training.corpus import iter_training_texts
     from training.ingest_slack import ingest_slack_export
     from training.models import ModelConfig
     from training.store import Store
@@ -59,8 +57,7 @@ def chat_world(tmp_path_factory: pytest.TempPathFactory) -> ChatWorld:
         ingest_slack_export(export, store)
     cfg = TrainConfig(steps=150, batch_size=8, seq_len=48, lr=0.01, eval_every=0, checkpoint_every=10_000, threads=1)
     _, onnx = train_and_export(chat_store_data(db), ModelConfig(hidden=32), cfg, root / "run")
-    assert onnx is not None
-    build_copy_index((t for _, t in iter_training_texts(db)), index_path_for(onnx))
+    assert onnx is not None  # with its copy index beside it
     return ChatWorld(export, db, onnx)
 
 
