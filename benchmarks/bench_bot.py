@@ -7,7 +7,8 @@ Latency is measured through the command layer and the batching service (store lo
 generation, copy check, mention safety), everything but the network: `Commands.handle` from the moment a
 command arrives until the reply text a Slack/Discord adapter would post.
 
-Without --model, a model of the default size (GRU, hidden 512, 1 layer) is built for timing only. Generation
+Without --model, a model of the default size (a 1-layer GRU of ModelConfig's default width) is built for
+timing only. Generation
 cost does not depend on what a model learned, but message length does, so its weights are set by hand: the
 output is uniform over printable ASCII, and one hidden unit counts steps (a GRU unit with a constant input
 and update gate 0.99 climbs smoothly towards 0.9) and drives the newline logit, so every message ends after
@@ -53,14 +54,16 @@ def synthetic_corpus(n: int, seed: int = 0) -> list[str]:
     return [mention.sub(lambda m: "@" + handles[m.group(1)], compose(rng.choice(talkers), rng)) for _ in range(n)]
 
 
-def timing_model(path: Path, speakers: dict[str, int], hidden: int = 512) -> Path:
+def timing_model(path: Path, speakers: dict[str, int], hidden: int | None = None) -> Path:
     """A default-size GRU whose messages end after about TARGET_CHARS characters (see the module docstring)."""
     import torch
 
-    from export.metadata import model_metadata, write_atomic
+    from export.metadata import model_metadata
     from export.onnx_graph import build_onnx
+    from training.atomic import write_atomic
     from training.models import ModelConfig, build_model
 
+    hidden = hidden or ModelConfig().hidden
     cfg = ModelConfig(arch="gru", hidden=hidden)
     model = build_model(cfg).eval()
     h = hidden
@@ -135,7 +138,7 @@ def main() -> int:
 
         if args.model is None:
             model = timing_model(tmp / "model.onnx", speakers)
-            what = "GRU hidden 512 (default size), weights set for ~200-char messages"
+            what = "GRU of the default size, weights set for ~200-char messages"
         else:
             model = tmp / "model.onnx"
             model.write_bytes(args.model.read_bytes())

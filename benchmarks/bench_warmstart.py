@@ -1,6 +1,6 @@
 """Warm-start fine-tuning vs training from scratch, the choice the nightly retraining job makes.
 
-    python benchmarks/bench_warmstart.py [--budget 600] [--base-budget SECONDS] [--hidden 512] [--threads N]
+    python benchmarks/bench_warmstart.py [--budget 600] [--base-budget SECONDS] [--hidden 256] [--threads N]
 
 Shakespeare's plays as a team's chat (../shared/corpora/shakespeare/transcript.txt, one play per "day", in the
 corpus format `speaker: text`): the "current model" is trained on every play but the last for --base-budget
@@ -76,7 +76,7 @@ def main() -> int:
     ap.add_argument("--budget", type=float, default=600.0, help="seconds per contender ([retrain] time_budget)")
     ap.add_argument("--holdout", type=float, default=0.3, help="held-out end of the new day (default 0.3)")
     ap.add_argument("--arch", default="gru")
-    ap.add_argument("--hidden", type=int, default=512)
+    ap.add_argument("--hidden", type=int, default=256, help="default: Mimic's default size")
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--warm-lr", type=float, default=1e-3)
     ap.add_argument("--batch-size", type=int, default=32)
