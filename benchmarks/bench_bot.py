@@ -77,6 +77,13 @@ def timing_model(path: Path, speakers: dict[str, int], hidden: int | None = None
             w[[0, h, 2 * h], :] = 0.0  # unit 0 ignores its input and the other units
         rnn.bias_ih_l0[[0, h, 2 * h]] = torch.tensor([0.0, math.log(z / (1 - z)), math.atanh(c)])
         rnn.bias_hh_l0[[0, h, 2 * h]] = 0.0
+        # The counter restarts at every newline, so it counts from the start of the message being written,
+        # whatever conversation the command layer primes with: embedding dimension 0 flags the newline
+        # byte, which closes the update gate and zeroes the candidate for unit 0.
+        model.embed.weight[:, 0] = 0.0
+        model.embed.weight[10, 0] = 1.0
+        rnn.weight_ih_l0[h, 0] = -50.0
+        rnn.weight_ih_l0[2 * h, 0] = -math.atanh(c)
         model.head.weight.zero_()
         model.head.bias.fill_(-30.0)
         model.head.bias[32:127] = 0.0  # printable ASCII, uniform: one byte is one character

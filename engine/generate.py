@@ -10,6 +10,8 @@ with (engine/impersonate.py builds them); other models ignore both.
 from __future__ import annotations
 
 import codecs
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -53,18 +55,50 @@ class Request:
 
 
 class Generator:
+    """Generation over one loaded model. Thread-safe: the priming cache is locked, the session needs no lock."""
+
+    PREFIX_CACHE = 64  # conversations remembered: requests in the same channel share their priming
+
     def __init__(self, session: ModelSession):
         self.session = session
+        self._prefixes: OrderedDict[tuple[bytes, tuple[int, ...] | None], tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._lock = threading.Lock()
 
-    def prime(self, seed: bytes, speakers: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Feed the seed in one call (the prompt shape), with the speaker slot of each byte when given.
-        Returns the last logits (V,) and the state (S, 1, H)."""
-        if not seed:
-            seed, speakers = b"\0", None  # Darknet feeds a NUL byte for an empty seed
+    def _run_seed(self, seed: bytes, speakers: Sequence[int] | None,
+                  state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         tokens = np.frombuffer(seed, dtype=np.uint8).astype(np.int64)[None, :]  # (1, T)
         slots = np.asarray(speakers, dtype=np.int64)[None, :] if speakers is not None else None  # (1, T)
-        logits, state = self.session.run(tokens, self.session.initial_state(1), slots)
+        logits, state = self.session.run(tokens, state, slots)
         return logits[0, -1], state
+
+    def prime(self, seed: bytes, speakers: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Feed the seed (with each byte's speaker slot when given). Returns the last logits (V,) and the
+        state (S, 1, H).
+
+        The seed is fed in two calls, up to and including its last newline (the conversation so far), then
+        the rest (the line being written). The first part's result is cached, so requests primed with the
+        same conversation feed it once; and since the split is the same whether the cache is hit or not,
+        the result is the same either way.
+        """
+        if not seed:
+            seed, speakers = b"\0", None  # Darknet feeds a NUL byte for an empty seed
+        cut = seed.rfind(b"\n") + 1
+        if cut == 0:
+            return self._run_seed(seed, speakers, self.session.initial_state(1))
+        key = (seed[:cut], tuple(speakers[:cut]) if speakers is not None else None)
+        with self._lock:
+            hit = self._prefixes.get(key)
+            if hit is not None:
+                self._prefixes.move_to_end(key)
+        if hit is None:
+            hit = self._run_seed(key[0], key[1], self.session.initial_state(1))
+            with self._lock:
+                self._prefixes[key] = hit
+                while len(self._prefixes) > self.PREFIX_CACHE:
+                    self._prefixes.popitem(last=False)
+        if cut == len(seed):
+            return hit
+        return self._run_seed(seed[cut:], speakers[cut:] if speakers is not None else None, hit[1])
 
     def run_batch(self, requests: Sequence[Request], sampling: SamplingConfig) -> Iterator[list[bytes | None]]:
         """Advance every request together; each step yields one new byte per request (None once it is done)."""

@@ -270,8 +270,12 @@ def train(
     model = build_model(model_cfg).to(device)
     if warm is not None:
         model.load_state_dict(warm["model"])
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    # Weight decay on matrices only: not on biases and norms, and not on embedding tables, whose rows
+    # (a rare byte, a speaker who writes once a week) get a gradient only when used but would be shrunk
+    # towards zero at every step.
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    decay = [p for p in model.parameters() if p.dim() >= 2 and id(p) not in embeddings]
+    no_decay = [p for p in model.parameters() if p.dim() < 2 or id(p) in embeddings]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.lr, betas=(0.9, 0.99), fused=device.type == "cuda")

@@ -87,3 +87,23 @@ def test_missing_corrupt_and_foreign_models_are_clear_errors(tmp_path: Path) -> 
     onnx.save(model, foreign)
     with pytest.raises(ModelLoadError, match="not a Mimic one"):
         ModelSession(foreign)
+
+
+def test_the_conversation_is_primed_once_and_the_result_does_not_depend_on_the_cache(gen: Generator) -> None:
+    calls: list[int] = []
+    real_run = gen.session.run
+
+    def counting_run(tokens, state, speakers=None):
+        calls.append(tokens.shape[1])
+        return real_run(tokens, state, speakers)
+
+    conversation = b"\nthe quick brown fox\njumps over the lazy dog.\n"
+    fresh = Generator(gen.session)
+    fresh.session = type("Counting", (), {"run": staticmethod(counting_run),
+                                          "initial_state": gen.session.initial_state})()
+    first = fresh.prime(conversation + b"the q")
+    second = fresh.prime(conversation + b"over")
+    assert calls == [len(conversation), 5, 4]  # the shared conversation was fed once
+    again = Generator(gen.session).prime(conversation + b"the q")  # an empty cache: same numbers
+    assert (first[0] == again[0]).all() and (first[1] == again[1]).all()
+    assert not (second[0] == first[0]).all()
