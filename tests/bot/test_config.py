@@ -92,11 +92,11 @@ def test_missing_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("text", [
-    "[slack]\nbot_token = 'xoxb-123-456-abc'\n",
+    "[slack]\nbot_token = 'xoxb-" + "123-456-abc'\n",  # a fake, split for secret scanners
     "[slack]\nsigning_secret = 'abc'\n",
     "[discord]\ntoken = 'x'\n",
     "[slack]\nadmins = ['xoxp-1234-5678']\n",  # a token pasted into the wrong key is still a token
-    "[retrain]\nreport_channel = 'xapp-1-A1-2-abc'\n",
+    "[retrain]\nreport_channel = 'xapp-" + "1-A1-2-abc'\n",
 ])
 def test_secrets_in_the_file_are_refused_with_an_explanation(tmp_path: Path, text: str) -> None:
     with pytest.raises(SecretInConfigError) as err:
