@@ -159,18 +159,34 @@ class PostingSettings:
             raise _fail(self.SECTION, "marker", "must say that the bot wrote the message; it cannot be blank")
 
 
-def _check_channels(section: str, key: str, entries: tuple[str, ...]) -> None:
-    for entry in entries:
-        if not entry or entry != entry.strip() or (entry.startswith("#") and len(entry) == 1):
-            raise _fail(section, key, f"has an empty or padded entry {entry!r}; use \"public\", ids or \"#name\"")
-
-
 @dataclass(frozen=True)
-class SlackSettings:
-    SECTION: ClassVar[str] = "slack"
+class PlatformSettings:
+    """What Slack and Discord share: where Mimic learns, where it speaks, who is an admin."""
+
+    SECTION: ClassVar[str] = ""
     learn_channels: tuple[str, ...] = (PUBLIC,)
     speak_channels: tuple[str, ...] = (PUBLIC,)
     admins: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for key in ("learn_channels", "speak_channels"):
+            for entry in getattr(self, key):
+                if not entry or entry != entry.strip() or (entry.startswith("#") and len(entry) == 1):
+                    raise _fail(self.SECTION, key,
+                                f"has an empty or padded entry {entry!r}; use \"public\", ids or \"#name\"")
+
+    @property
+    def learn(self) -> ChannelRules:
+        return ChannelRules(self.learn_channels)
+
+    @property
+    def speak(self) -> ChannelRules:
+        return ChannelRules(self.speak_channels)
+
+
+@dataclass(frozen=True)
+class SlackSettings(PlatformSettings):
+    SECTION: ClassVar[str] = "slack"
     port: int = 3000
     command: str = "/impersonate"
     mimic_command: str = "/mimic"
@@ -181,8 +197,7 @@ class SlackSettings:
     signing_secret: str = field(default="", repr=False, metadata={"env": "SLACK_SIGNING_SECRET"})
 
     def __post_init__(self) -> None:
-        _check_channels(self.SECTION, "learn_channels", self.learn_channels)
-        _check_channels(self.SECTION, "speak_channels", self.speak_channels)
+        super().__post_init__()
         if not 1 <= self.port <= 65535:
             raise _fail(self.SECTION, "port", f"must be in [1, 65535] (got {self.port})")
         for key in ("command", "mimic_command"):
@@ -191,31 +206,19 @@ class SlackSettings:
                 raise _fail(self.SECTION, key, f"must look like /name in lower case (got {value!r})")
 
     @property
-    def learn(self) -> ChannelRules:
-        return ChannelRules(self.learn_channels)
-
-    @property
-    def speak(self) -> ChannelRules:
-        return ChannelRules(self.speak_channels)
-
-    @property
     def socket_mode(self) -> bool:
         return bool(self.app_token)
 
 
 @dataclass(frozen=True)
-class DiscordSettings:
+class DiscordSettings(PlatformSettings):
     SECTION: ClassVar[str] = "discord"
-    learn_channels: tuple[str, ...] = (PUBLIC,)
-    speak_channels: tuple[str, ...] = (PUBLIC,)
-    admins: tuple[str, ...] = ()
     dev_guild_id: str = ""  # sync slash commands to this guild at start; "" syncs nowhere
     webhook_name: str = "Mimic"
     token: str = field(default="", repr=False, metadata={"env": "DISCORD_TOKEN"})
 
     def __post_init__(self) -> None:
-        _check_channels(self.SECTION, "learn_channels", self.learn_channels)
-        _check_channels(self.SECTION, "speak_channels", self.speak_channels)
+        super().__post_init__()
         if self.dev_guild_id and not _SNOWFLAKE.match(self.dev_guild_id):
             raise _fail(self.SECTION, "dev_guild_id", f"must be a guild id (digits), got {self.dev_guild_id!r}")
         for admin in self.admins:
@@ -224,14 +227,6 @@ class DiscordSettings:
         name = self.webhook_name.casefold()
         if not self.webhook_name.strip() or "discord" in name or "clyde" in name or len(self.webhook_name) > 80:
             raise _fail(self.SECTION, "webhook_name", "must be 1-80 characters without 'discord' or 'clyde'")
-
-    @property
-    def learn(self) -> ChannelRules:
-        return ChannelRules(self.learn_channels)
-
-    @property
-    def speak(self) -> ChannelRules:
-        return ChannelRules(self.speak_channels)
 
 
 @dataclass(frozen=True)
