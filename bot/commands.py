@@ -102,7 +102,8 @@ def impersonation_config(settings: Settings) -> ImpersonationConfig:
     return ImpersonationConfig(temperature=g.temperature, top_k=g.top_k or None,
                                top_p=g.top_p if g.top_p < 1.0 else None, max_chars=g.max_chars,
                                min_messages=settings.limits.min_messages, max_attempts=g.max_attempts,
-                               context_lines=g.context_lines)
+                               context_lines=g.context_lines, voice=g.voice_memory, voice_beta=g.voice_beta,
+                               drafts=g.drafts)
 
 
 class ModelGate:

@@ -105,6 +105,9 @@ class GenerationSettings:
     top_p: float = 1.0  # 1.0: off
     max_chars: int = 280
     max_attempts: int = 8
+    voice_memory: bool = True
+    voice_beta: float = 2.0
+    drafts: int = 4
     context_lines: int = 12
     batch_window_ms: float = 10.0
     max_batch: int = 64
@@ -116,6 +119,8 @@ class GenerationSettings:
             ("top_p", 0 < self.top_p <= 1, "must be in (0, 1]"),
             ("max_chars", self.max_chars >= 1, "must be at least 1"),
             ("max_attempts", self.max_attempts >= 1, "must be at least 1"),
+            ("voice_beta", self.voice_beta > 0, "must be more than 0"),
+            ("drafts", 1 <= self.drafts <= 32, "must be in [1, 32]"),
             ("context_lines", self.context_lines >= 0, "must be 0 or more"),
             ("batch_window_ms", 0 <= self.batch_window_ms <= 1000, "must be in [0, 1000]"),
             ("max_batch", self.max_batch >= 1, "must be at least 1"),

@@ -10,6 +10,7 @@ from typing import Any
 LABELS = {
     "mimic": "mimic (guard off)",
     "mimic_guarded": "mimic (guard on: posted)",
+    "mimic_alone": "mimic model alone (posted)",
     "markov": "markov (raw)",
     "markov_tested": "markov (markovify test)",
     "real": "real held-out (ceiling)",
@@ -48,16 +49,19 @@ def format_chat_report(r: dict[str, Any]) -> str:
            f"held-out: {held['messages']:,} messages, {held['bytes']:,} bytes: "
            f"{held['bits_per_char']:.3f} bits/char",
            _gain_line(r["speaker_name_gain"]),
+           *(f"note: {n}" for n in r.get("built_for_eval", [])),
            f"{len(cls['speakers'])} speakers with {cfg['min_messages']}+ held-out and training messages, "
            f"{cfg['samples']} messages generated as each (temperature {cfg['temperature']}, srand {cfg['srand']}"
            f"{', context ' + str(cfg['context']) + ' lines' if cfg['context'] else ''}); classifier: {cls['kind']}",
            ""]
     head = f"{'':28}{'fidelity':>9}{'novel only':>11}{'copies>=40':>11}{'longest span':>13}{'whole copies':>13}  messages"
     out.append(head)
-    for name in ("mimic", "mimic_guarded", "markov", "markov_tested", "real"):
+    for name in ("mimic", "mimic_guarded", "mimic_alone", "markov", "markov_tested", "real"):
+        if name not in systems:
+            continue
         s = systems[name]
         extra = ""
-        if name == "mimic_guarded":
+        if name in ("mimic_guarded", "mimic_alone"):
             extra = f" ({s['refused']} refused)"
         made = f"{s['messages']:,}" if name == "real" else f"{s['messages']}/{s['asked']}"
         out.append(f"{LABELS[name]:28}{_num(s['fidelity']):>9}{_num(s['fidelity_novel']):>11}"
@@ -66,12 +70,13 @@ def format_chat_report(r: dict[str, Any]) -> str:
     out.append(f"{'chance':28}{_num(cls['chance']):>9}")
     out.append("")
     out.append(f"{'speaker':22}{'train':>7}{'held-out':>9}{'bits/char':>10}{'ceiling':>8}{'mimic':>7}"
-               f"{'+guard':>8}{'markov':>8}{'+test':>7}")
+               f"{'+guard':>8}{'alone':>7}{'markov':>8}{'+test':>7}")
     for name, sp in r["speakers"].items():
         f = sp["fidelity"]
         out.append(f"{name[:21]:22}{sp['train_messages']:>7}{sp['held_out_messages']:>9}"
                    f"{_num(sp['bits_per_char'], '{:.3f}'):>10}{_num(sp['ceiling']):>8}{_num(f['mimic']):>7}"
-                   f"{_num(f['mimic_guarded']):>8}{_num(f['markov']):>8}{_num(f['markov_tested']):>7}")
+                   f"{_num(f['mimic_guarded']):>8}{_num(f.get('mimic_alone')):>7}{_num(f['markov']):>8}"
+                   f"{_num(f['markov_tested']):>7}")
     out.append("")
     ceiling = cls["ceiling"]
     for key, (ours, theirs) in (("raw", ("mimic", "markov")), ("posted", ("mimic_guarded", "markov_tested"))):

@@ -11,8 +11,10 @@ makes it), one report with:
   and the mean longest copied span, measured exactly (bot/eval_novelty.py);
 * the same figures for a per-speaker markovify chain on the same messages (bot/eval_markov.py).
 
-The model is measured with its copy guard off (what it writes) and on (what the bot posts); the Markov
-chain raw and with markovify's own overlap test. The report is a plain dict (the `--json` file);
+The model is measured as the bot serves it (with its voice memory, engine/voice.py, when it has one; a
+model exported without one gets the memory `mimic train --db` would have written), copy guard off (what it
+writes) and on (what the bot posts), and also alone (no voice memory, one draft, guard on) so the memory's
+share is visible; the Markov chain raw and with markovify's own overlap test. The report is a plain dict (the `--json` file);
 bot/eval_report.py prints it. Work that crosses rooms (store, engine, scikit-learn) lives here, in bot/.
 """
 
@@ -35,7 +37,7 @@ from bot.errors import UsageError
 log = logging.getLogger(__name__)
 
 EXTRA = "pip install 'mimic[eval]'"
-SYSTEMS = ("mimic", "mimic_guarded", "markov", "markov_tested", "real")
+SYSTEMS = ("mimic", "mimic_guarded", "mimic_alone", "markov", "markov_tested", "real")
 
 
 class MissingEvalDependencyError(UsageError):
@@ -60,6 +62,7 @@ class EvalConfig:
     valid_fraction: float = 0.05  # must match the training run (mimic train's default)
     max_chars: int = 400
     show: int = 3  # sample messages printed per speaker
+    voice: bool = True  # generate with the voice memory (and several drafts), as the bot does
 
     def __post_init__(self) -> None:
         if self.samples < 1 or self.min_messages < 1 or self.max_speakers < 2:
@@ -156,17 +159,21 @@ def _target(systems: dict[str, dict[str, Any]], ceiling: float) -> dict[str, Any
     return {"raw": check("mimic", "markov"), "posted": check("mimic_guarded", "markov_tested")}
 
 
-def _generate_model(model: Any, split: Split, speakers: list[str], cfg: EvalConfig) -> tuple[dict[str, Any], str]:
-    """cfg.samples messages as each speaker, guard off and on (bot/eval_samples.py). A model without a copy
-    index gets the one `mimic train --db` would have written, built from the store's training messages."""
+def _generate_model(model: Any, split: Split, speakers: list[str], cfg: EvalConfig
+                    ) -> tuple[dict[str, Any], dict[str, Any] | None, list[str]]:
+    """cfg.samples messages as each speaker, guard off and on (bot/eval_samples.py), as served and, when that
+    uses a voice memory, by the model alone. A model without a copy index or voice memory gets the ones
+    `mimic train --db` would have written, built from the store's training messages."""
     from bot.eval_markov import speaker_seed
     from bot.eval_samples import model_samples
     from engine.copyindex import CopyIndex, build_copy_index
+    from engine.generate import Generator
     from engine.impersonate import ImpersonationConfig
+    from engine.voice import VoiceMemory, build_voice_memory
 
-    note = "the model's own copy index"
+    notes = []
     imp = ImpersonationConfig(temperature=cfg.temperature, max_chars=cfg.max_chars, min_messages=0,
-                              context_lines=max(cfg.context, 1))
+                              context_lines=max(cfg.context, 1), voice=cfg.voice)
     contexts = _contexts(split, speakers, cfg.samples, cfg.context) if cfg.context else None
     seeds = {s: speaker_seed(cfg.srand, s) for s in speakers}
     with tempfile.TemporaryDirectory(prefix="mimic-eval-") as tmp:
@@ -174,11 +181,22 @@ def _generate_model(model: Any, split: Split, speakers: list[str], cfg: EvalConf
             path = Path(tmp) / "copyindex.npy"
             build_copy_index((t for _, t in split.train), path)
             model = dataclasses.replace(model, copy_index=CopyIndex(path))
-            note = "built from the store's training messages (the model had none)"
+            notes.append("copy index built from the store's training messages (the model had none)")
+        if cfg.voice and model.voice is None and model.line_break:
+            path = Path(tmp) / "voice.npz"
+            build_voice_memory(split.train, path, model.line_break)
+            voice = VoiceMemory(path)
+            model = dataclasses.replace(model, voice=voice, generator=Generator(model.session, voice))
+            notes.append("voice memory built from the store's training messages (the model had none)")
         log.info("generating %d messages as each of %d speakers", cfg.samples, len(speakers))
-        out = model_samples(model, speakers, cfg.samples, seeds, imp, contexts)
+        served = model_samples(model, speakers, cfg.samples, seeds, imp, contexts)
+        alone = None
+        if cfg.voice and model.voice is not None:
+            log.info("and again with the model alone (no voice memory)")
+            alone = model_samples(model, speakers, cfg.samples, seeds, dataclasses.replace(imp, voice=False),
+                                  contexts)
         del model  # let go of the memory-mapped index before its folder is removed
-    return out, note
+    return served, alone, notes
 
 
 def evaluate_chat(model_path: str | Path, db_path: str | Path, cfg: EvalConfig = EvalConfig()) -> dict[str, Any]:
@@ -230,7 +248,7 @@ def evaluate_chat(model_path: str | Path, db_path: str | Path, cfg: EvalConfig =
     clock["classifier_and_index"] = time.monotonic() - t
 
     t = time.monotonic()
-    ours, copy_note = _generate_model(model, split, speakers, cfg)
+    ours, alone, notes = _generate_model(model, split, speakers, cfg)
     clock["generate_model"] = time.monotonic() - t
     t = time.monotonic()
     markov = markov_samples({s: train_by[s] for s in speakers}, cfg.samples, cfg.srand, cfg.max_chars)
@@ -240,6 +258,7 @@ def evaluate_chat(model_path: str | Path, db_path: str | Path, cfg: EvalConfig =
     generated = {
         "mimic": {s: [x for x in ours[s].unguarded if x] for s in speakers},  # "": empty every attempt
         "mimic_guarded": {s: [x for x in ours[s].guarded if x is not None] for s in speakers},
+        **({"mimic_alone": {s: [x for x in alone[s].guarded if x is not None] for s in speakers}} if alone else {}),
         "markov": {s: markov[s].raw for s in speakers},
         "markov_tested": {s: markov[s].tested for s in speakers},
     }
@@ -249,6 +268,8 @@ def evaluate_chat(model_path: str | Path, db_path: str | Path, cfg: EvalConfig =
     systems["mimic_guarded"]["refused"] = sum(x is None for s in speakers for x in ours[s].guarded)
     systems["mimic_guarded"]["mean_attempts"] = (sum(sum(ours[s].attempts) for s in speakers)
                                                  / (len(speakers) * cfg.samples))
+    if alone:
+        systems["mimic_alone"]["refused"] = sum(x is None for s in speakers for x in alone[s].guarded)
     clock["score"] = time.monotonic() - t
 
     per_speaker = {}
@@ -256,7 +277,7 @@ def evaluate_chat(model_path: str | Path, db_path: str | Path, cfg: EvalConfig =
         per_speaker[s] = {
             "train_messages": len(train_by[s]), "held_out_messages": len(valid_by[s]),
             "bits_per_char": bpc["speakers"][s]["bits_per_char"], "ceiling": ceiling.per_speaker[s],
-            "fidelity": {name: systems[name]["per_speaker"][s] for name in SYSTEMS if name != "real"},
+            "fidelity": {name: systems[name]["per_speaker"][s] for name in SYSTEMS if name in generated},
             "samples": {"mimic": generated["mimic_guarded"][s][:cfg.show], "markov": generated["markov"][s][:cfg.show]},
             "messages": {name: generated[name][s] for name in generated},  # everything scored, for a closer look
         }
@@ -268,7 +289,7 @@ def evaluate_chat(model_path: str | Path, db_path: str | Path, cfg: EvalConfig =
         "classifier": {"kind": "char_wb 2-4-gram TF-IDF + LinearSVC (balanced), trained on real training messages",
                        "speakers": speakers, "chance": attributor.chance, "ceiling": ceiling.mean,
                        "ceiling_micro": ceiling.micro, "held_out_scored": ceiling.scored},
-        "copy_guard": copy_note,
+        "built_for_eval": notes,
         "systems": systems,
         "speakers": per_speaker,
         "target": _target(systems, ceiling.mean),

@@ -17,8 +17,9 @@ class TrainingData:
     train: bytes
     valid: bytes | None  # None: the trainer holds out the end of `train`
     info: dict[str, Any]  # goes into the checkpoint and the ONNX metadata
-    # The training messages one by one, for the verbatim-copy index served beside a chat model.
-    messages: Callable[[], Iterable[str]] | None = None
+    # The training messages one by one as (speaker, text), for the verbatim-copy index and the voice memory
+    # served beside a chat model.
+    messages: Callable[[], Iterable[tuple[str, str]]] | None = None
     # A chat corpus's canonical speakers, most messages first: the trainer gives them speaker slots (keeping
     # those the parent checkpoint of a warm start or resume already gave).
     speakers: tuple[str, ...] = ()
@@ -40,8 +41,8 @@ def chat_store_data(db_path: str | Path, valid_fraction: float = 0.05, channels:
     info = {"kind": "chat", "line_break": LINE_BREAK, "speakers": speaker_directory(db_path, corpus.speakers),
             "train_messages": corpus.train_messages, "valid_messages": corpus.valid_messages}
 
-    def messages() -> Iterable[str]:
-        return (text for _, text in iter_training_texts(db_path, valid_fraction=valid_fraction, channels=channels))
+    def messages() -> Iterable[tuple[str, str]]:
+        return iter_training_texts(db_path, valid_fraction=valid_fraction, channels=channels)
 
     return TrainingData(train, valid or None, info, messages, tuple(corpus.speakers))
 
@@ -79,13 +80,15 @@ def train_and_export(data: TrainingData, model_cfg: Any, train_cfg: Any, out_dir
 
 
 def export_for_serving(data: TrainingData, checkpoint: str | Path, onnx_path: str | Path) -> Path:
-    """The export half of `train_and_export` on its own (parity-checked ONNX, plus the copy index for chat
-    data), so the retraining job can tell a failed export from a failed training run."""
+    """The export half of `train_and_export` on its own (parity-checked ONNX, plus the copy index and the
+    voice memory for chat data), so the retraining job can tell a failed export from a failed training run."""
     from export.onnx_export import export_checkpoint
 
     report = export_checkpoint(checkpoint, onnx_path)
     if data.messages is not None:
         from engine.copyindex import build_copy_index, index_path_for
+        from engine.voice import build_voice_memory, voice_path_for
 
-        build_copy_index(data.messages(), index_path_for(report.path))
+        build_copy_index((text for _, text in data.messages()), index_path_for(report.path))
+        build_voice_memory(data.messages(), voice_path_for(report.path), data.info["line_break"])
     return report.path

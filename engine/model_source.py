@@ -4,7 +4,8 @@ A source is either one `.onnx` file (reloaded when the file is replaced) or a mo
 (the layout export/registry.py writes):
 
     <registry>/current                     one line: the serving version's name, replaced atomically
-    <registry>/versions/<name>/model.onnx  the model; model.copyindex.npy beside it when there is one
+    <registry>/versions/<name>/model.onnx  the model; model.copyindex.npy and model.voice.npz beside it
+                                           when there are ones
 
 A reload builds the new model completely before swapping one reference, so requests in flight finish on the
 model they started with. A broken pointer or file never replaces a working model: it is logged loudly and the
@@ -24,6 +25,7 @@ from engine.errors import ModelLoadError
 from engine.generate import Generator
 from engine.session import ModelSession
 from engine.speakers import SpeakerDirectory
+from engine.voice import VoiceMemory, voice_path_for
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,7 @@ class LoadedModel:
     speakers: SpeakerDirectory
     copy_index: CopyIndex | None
     line_break: str | None  # the corpus's stand-in for a message's own line breaks; None for plain text
+    voice: VoiceMemory | None = None  # each speaker's way of writing (engine/voice.py), chat models
 
 
 def load_model(path: str | Path, version: str | None = None, threads: int = 1) -> LoadedModel:
@@ -53,9 +56,11 @@ def load_model(path: str | Path, version: str | None = None, threads: int = 1) -
             copy_index = CopyIndex(index_file)
         except (OSError, ValueError) as exc:
             raise ModelLoadError(f"{index_file}: unreadable copy index ({exc})") from exc
-    return LoadedModel(version or path.name, path, session, Generator(session),
+    voice_file = voice_path_for(path)
+    voice = VoiceMemory(voice_file) if voice_file.exists() else None
+    return LoadedModel(version or path.name, path, session, Generator(session, voice),
                        SpeakerDirectory(session.meta_json("speakers", {})), copy_index,
-                       session.metadata.get("line_break"))
+                       session.metadata.get("line_break"), voice)
 
 
 def is_registry(path: str | Path) -> bool:

@@ -43,7 +43,7 @@ def test_report_has_every_figure(report: dict) -> None:
     assert sorted(speakers) == ["ada", "grace", "linus", "mo"]
     assert report["classifier"]["chance"] == pytest.approx(1 / 4)
     assert 0 < report["held_out"]["bits_per_char"] < 8
-    for name in ("mimic", "mimic_guarded", "markov", "markov_tested", "real"):
+    for name in ("mimic", "mimic_guarded", "mimic_alone", "markov", "markov_tested", "real"):
         s = report["systems"][name]
         for key in ("fidelity", "fidelity_novel", "copy_rate", "mean_longest_span", "exact_copy_rate", "messages",
                     "asked"):
@@ -54,7 +54,7 @@ def test_report_has_every_figure(report: dict) -> None:
     assert report["systems"]["markov_tested"]["messages"] <= SAMPLES * 4  # markovify may give up
     assert report["systems"]["mimic_guarded"]["copy_rate"] == 0.0  # the guard is stricter than 40 characters
     for name, sp in report["speakers"].items():
-        assert set(sp["fidelity"]) == {"mimic", "mimic_guarded", "markov", "markov_tested"}
+        assert set(sp["fidelity"]) == {"mimic", "mimic_guarded", "mimic_alone", "markov", "markov_tested"}
         assert len(sp["samples"]["mimic"]) <= 2 and len(sp["samples"]["markov"]) == 2
         assert sp["bits_per_char"] == report["bits_per_char_by_speaker"][name]["bits_per_char"]
     assert set(report["target"]["raw"]) == {"fidelity_above_markov", "at_least_half_ceiling", "lower_copy_rate", "met"}
@@ -148,11 +148,34 @@ def test_guarded_messages_are_what_impersonate_posts(chat: dict[str, Path]) -> N
     ours = model_samples(model, ["linus"], 3, {"linus": seed}, cfg)["linus"]
     if None not in ours.guarded:
         assert [m.text for m in impersonate(model, "linus", n=3, srand=seed, cfg=cfg)] == ours.guarded
-    # Guard off: the first non-empty draft, which the guard may later replace.
+    # Guard off: the best non-empty draft, which the guard replaces when it is a copy.
     for unguarded, guarded, attempts in zip(ours.unguarded, ours.guarded, ours.attempts, strict=True):
         assert unguarded
-        if attempts == 1:
+        if attempts == 1 and not model.copy_index.copies(unguarded):
             assert guarded == unguarded
+
+
+def test_served_with_the_voice_memory_and_alone_without(chat: dict[str, Path], report: dict, tmp_path: Path) -> None:
+    """`mimic train --db` writes a voice memory beside the model; the report scores the model as served (with
+    it) and alone; --no-voice scores the model alone only; a model without one gets it built for the eval."""
+    from engine.voice import voice_path_for
+
+    memory = voice_path_for(chat["model"])
+    assert memory.exists() and report["built_for_eval"] == []
+    assert report["config"]["voice"] is True and "mimic_alone" in report["systems"]
+    out = tmp_path / "plain.json"
+    assert main(["eval", str(chat["model"]), "--db", str(chat["db"]), *ARGS, "--no-voice", "--json", str(out)]) == 0
+    plain = json.loads(out.read_text())
+    assert "mimic_alone" not in plain["systems"]
+    assert plain["speakers"]["ada"]["messages"]["mimic_guarded"] == report["speakers"]["ada"]["messages"]["mimic_alone"]
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "model.onnx").write_bytes(chat["model"].read_bytes())  # no copy index, no voice memory beside it
+    out = tmp_path / "bare.json"
+    assert main(["eval", str(bare / "model.onnx"), "--db", str(chat["db"]), *ARGS, "--json", str(out)]) == 0
+    rebuilt = json.loads(out.read_text())
+    assert len(rebuilt["built_for_eval"]) == 2 and not voice_path_for(bare / "model.onnx").exists()
+    assert rebuilt["systems"]["mimic_guarded"] == report["systems"]["mimic_guarded"]  # the same memory, rebuilt
 
 
 def test_same_srand_same_report(report: dict, chat: dict[str, Path]) -> None:
@@ -176,7 +199,7 @@ def test_markov_baseline_is_seeded_and_counts_what_came_out() -> None:
 def test_table_and_samples_are_printed(chat: dict[str, Path], capsys: pytest.CaptureFixture) -> None:
     assert main(["eval", str(chat["model"]), "--db", str(chat["db"]), *ARGS, "--show", "1"]) == 0
     out = capsys.readouterr().out
-    for needle in ("bits/char", "mimic (guard off)", "markov (raw)", "real held-out (ceiling)", "chance",
+    for needle in ("bits/char", "mimic (guard off)", "mimic model alone (posted)", "markov (raw)", "real held-out (ceiling)", "chance",
                    "target,", "  mimic  | ", "  markov | "):
         assert needle in out
 

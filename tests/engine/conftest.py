@@ -2,7 +2,9 @@
 
 Besides people with short, distinctive messages (ada, grace, linus), ann and bea write the same filler words
 and differ only in their sign-off, 70+ bytes after their name: past the 48-byte training window, so only a
-model fed who is speaking at every byte (speaker slots) can tell which sign-off comes.
+model fed who is speaking at every byte (speaker slots) can tell which sign-off comes, or the speaker's voice
+memory, which knows what follows "-- " in their own messages. Both models are exported as `mimic train --db`
+exports them: with a copy index and a voice memory.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ def chat_messages(n: int = 600, seed: int = 0) -> list[tuple[str, str]]:
 
 def _train_chat(out: Path, speaker_slots: int, steps: int) -> Path:
     from engine.copyindex import build_copy_index, index_path_for
+    from engine.voice import build_voice_memory, voice_path_for
     from export.onnx_export import export_checkpoint
     from training.models import ModelConfig
     from training.trainer import TrainConfig, train
@@ -55,6 +58,7 @@ def _train_chat(out: Path, speaker_slots: int, steps: int) -> Path:
                    corpus_info={"kind": "chat", "line_break": LB, "speakers": speakers})
     report = export_checkpoint(result.checkpoint, out / "model.onnx")
     build_copy_index((t for _, t in messages), index_path_for(report.path))
+    build_voice_memory(messages, voice_path_for(report.path), LB)
     return out
 
 

@@ -10,7 +10,7 @@ from engine.impersonate import (
     NoAcceptableMessageError,
     NoSpeakersError,
     build_prompt,
-    draft_requests,
+    draft_request,
     finish_text,
     impersonate,
     impersonate_batch,
@@ -53,10 +53,11 @@ def test_impersonation_is_conditioned_on_the_speaker(model) -> None:
 def test_the_speaker_slot_carries_the_voice(model) -> None:
     """ann's name in the prompt but bea's slot fed with every byte: bea's sign-off."""
     ann, bea = model.speakers.find("ann"), model.speakers.find("bea")
-    prompt = build_prompt(model, ann, None, None, 0)
+    prompt = build_prompt(model, ann, None, None, 0, voice=False)  # the slot alone, no voice memory
     as_bea = dataclasses.replace(prompt, speakers=tuple(bea.slot if s else 0 for s in prompt.speakers),
                                  speaker=bea.slot)
-    raw = model.generator.generate_bytes(draft_requests(as_bea, 12, 5, 1, 400), SamplingConfig(0.8))
+    requests = [draft_request(as_bea, 5, row, 1, 0, 400) for row in range(12)]
+    raw = model.generator.generate_bytes(requests, SamplingConfig(0.8))
     assert _sign_offs([finish_text(model, None, r, 400) for r in raw])[1] >= 9
 
 
