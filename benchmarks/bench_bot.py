@@ -45,13 +45,17 @@ from bot.demo import TEAM, compose, write_demo_export  # noqa: E402
 TARGET_CHARS = 200
 
 
-def synthetic_corpus(n: int, seed: int = 0) -> list[str]:
-    """n chat messages as the store holds them (normalised): the demo team's voices, mentions as @names."""
+def synthetic_corpus(n: int, seed: int = 0) -> list[tuple[str, str]]:
+    """n (speaker, message) as the store holds them (normalised): the demo team's voices, mentions as @names."""
     rng = random.Random(seed)
     talkers = [m for m in TEAM if m.weight > 0]
     handles = {m.user_id: m.handle for m in TEAM}
     mention = re.compile(r"<@([A-Z0-9]+)>")
-    return [mention.sub(lambda m: "@" + handles[m.group(1)], compose(rng.choice(talkers), rng)) for _ in range(n)]
+    out = []
+    for _ in range(n):
+        member = rng.choice(talkers)
+        out.append((member.handle, mention.sub(lambda m: "@" + handles[m.group(1)], compose(member, rng))))
+    return out
 
 
 def timing_model(path: Path, speakers: dict[str, int], hidden: int | None = None) -> Path:
@@ -111,6 +115,8 @@ def main() -> int:
     args = ap.parse_args()
 
     from engine.copyindex import CopyIndex, build_copy_index, index_path_for
+    from engine.voice import build_voice_memory, voice_path_for
+    from training.corpus import LINE_BREAK
     from training.ingest_slack import ingest_slack_export
     from training.store import Store
 
@@ -122,7 +128,8 @@ def main() -> int:
             speakers = store.speaker_counts()
 
         print(f"# machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
-        corpus = synthetic_corpus(args.corpus_messages)
+        records = synthetic_corpus(args.corpus_messages)
+        corpus = [t for _, t in records]
         index_file = tmp / "corpus.copyindex.npy"
         start = time.perf_counter()
         build_copy_index(corpus, index_file)
@@ -151,50 +158,61 @@ def main() -> int:
             model.write_bytes(args.model.read_bytes())
             what = str(args.model)
         index_path_for(model).write_bytes(index_file.read_bytes())  # serve with the big copy index
-        del corpus
-
-        settings = Settings(storage=StorageSettings(data_dir=tmp_name, database=str(db), model=str(model)),
-                            generation=GenerationSettings(max_chars=300),
-                            limits=LimitSettings(user_limit=0, channel_limit=0))
-        gate = ModelGate.from_settings(settings, watch_seconds=None, threads=args.threads)
-        commands = Commands(settings, gate, StoreAccess(db))
-        people = ["ada", "grace", "linus", "marvin", "yoda"]
-
-        def one(i: int) -> tuple[float, int]:
-            inv = Invocation.from_text(f"impersonate {people[i % len(people)]}", platform="slack",
-                                       user_id=f"U{i}", channel_id="C0DEMOGEN", channel_name="general")
-            start = time.perf_counter()
-            reply = commands.handle(inv)
-            elapsed = time.perf_counter() - start
-            if reply.private:
-                raise SystemExit(f"bench_bot: request refused: {reply.text}")
-            return elapsed, len(html.unescape(reply.text))  # characters written, before Slack's escaping
-
-        for i in range(5):  # warm up: sessions, caches, the batching thread
-            one(i)
-        sequential = [one(i) for i in range(args.requests)]
-        lat = [t for t, _ in sequential]
-        lengths = [n for _, n in sequential]
-        print(f"\n## command -> posted text, {what}, CPU, {args.threads} ORT thread(s)")
-        print(f"message length: median {statistics.median(lengths):.0f} chars "
-              f"(p5 {percentile(lengths, 5):.0f}, p95 {percentile(lengths, 95):.0f})")
-        print(f"one at a time ({args.requests} requests): p50 {percentile(lat, 50) * 1e3:.0f} ms, "
-              f"p99 {percentile(lat, 99) * 1e3:.0f} ms")
-
-        service = gate.service()
-        batches_before, jobs_before = service.batches_run, service.jobs_run
-        total = max(args.requests, args.concurrency * 4)
-        with ThreadPoolExecutor(args.concurrency) as pool:
-            start = time.perf_counter()
-            loaded = list(pool.map(one, range(total)))
-            wall = time.perf_counter() - start
-        lat = [t for t, _ in loaded]
-        batches = service.batches_run - batches_before
-        print(f"{args.concurrency} concurrent ({total} requests): {total / wall:.1f} messages/s, "
-              f"p50 {percentile(lat, 50) * 1e3:.0f} ms, p99 {percentile(lat, 99) * 1e3:.0f} ms, "
-              f"{(service.jobs_run - jobs_before) / max(1, batches):.1f} requests per batch")
-        gate.close()
+        start = time.perf_counter()
+        build_voice_memory(records, voice_path_for(model), LINE_BREAK)
+        voice_s = time.perf_counter() - start
+        print(f"\n## voice memory, {len(records):,} messages: build {voice_s:.1f} s, "
+              f"{voice_path_for(model).stat().st_size / 2**20:.0f} MiB")
+        del corpus, records
+        for voice in (False, True):
+            serve(args, tmp_name, db, model, what, voice)
     return 0
+
+
+def serve(args: argparse.Namespace, tmp_name: str, db: Path, model: Path, what: str, voice: bool) -> None:
+    """Latency one at a time and throughput under load, served with or without the voice memory."""
+    gen = GenerationSettings(max_chars=300, voice_memory=voice)
+    settings = Settings(storage=StorageSettings(data_dir=tmp_name, database=str(db), model=str(model)),
+                        generation=gen, limits=LimitSettings(user_limit=0, channel_limit=0))
+    gate = ModelGate.from_settings(settings, watch_seconds=None, threads=args.threads)
+    commands = Commands(settings, gate, StoreAccess(db))
+    people = ["ada", "grace", "linus", "marvin", "yoda"]
+
+    def one(i: int) -> tuple[float, int]:
+        inv = Invocation.from_text(f"impersonate {people[i % len(people)]}", platform="slack",
+                                   user_id=f"U{i}", channel_id="C0DEMOGEN", channel_name="general")
+        start = time.perf_counter()
+        reply = commands.handle(inv)
+        elapsed = time.perf_counter() - start
+        if reply.private:
+            raise SystemExit(f"bench_bot: request refused: {reply.text}")
+        return elapsed, len(html.unescape(reply.text))  # characters written, before Slack's escaping
+
+    for i in range(5):  # warm up: sessions, caches, the batching thread
+        one(i)
+    sequential = [one(i) for i in range(args.requests)]
+    lat = [t for t, _ in sequential]
+    lengths = [n for _, n in sequential]
+    how = f"voice memory on, {gen.drafts} drafts" if voice else "voice memory off"
+    print(f"\n## command -> posted text, {what}, {how}, CPU, {args.threads} ORT thread(s)")
+    print(f"message length: median {statistics.median(lengths):.0f} chars "
+          f"(p5 {percentile(lengths, 5):.0f}, p95 {percentile(lengths, 95):.0f})")
+    print(f"one at a time ({args.requests} requests): p50 {percentile(lat, 50) * 1e3:.0f} ms, "
+          f"p99 {percentile(lat, 99) * 1e3:.0f} ms")
+
+    service = gate.service()
+    batches_before, jobs_before = service.batches_run, service.jobs_run
+    total = max(args.requests, args.concurrency * 4)
+    with ThreadPoolExecutor(args.concurrency) as pool:
+        start = time.perf_counter()
+        loaded = list(pool.map(one, range(total)))
+        wall = time.perf_counter() - start
+    lat = [t for t, _ in loaded]
+    batches = service.batches_run - batches_before
+    print(f"{args.concurrency} concurrent ({total} requests): {total / wall:.1f} messages/s, "
+          f"p50 {percentile(lat, 50) * 1e3:.0f} ms, p99 {percentile(lat, 99) * 1e3:.0f} ms, "
+          f"{(service.jobs_run - jobs_before) / max(1, batches):.1f} requests per batch")
+    gate.close()
 
 
 if __name__ == "__main__":

@@ -20,7 +20,9 @@ model alone does, which engine/impersonate.py uses to pick the best of several d
 File layout (`model.voice.npz` beside the model, built at export time): `keys` uint64, sorted:
 (speaker id << 48) | the 6 bytes before a position, most recent in the top byte (so the last k bytes are the
 key's top k bytes and every order is one contiguous range); `next` uint8, the byte at that position;
-`names`, the speakers in id order.
+`names`, the speakers in id order; and per order, the next-byte counts of every context seen more than
+`limit` times (so serving never counts a long range byte by byte). `adapt` does a whole batch in a few
+numpy calls per order.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ DEPTH = 6  # context bytes kept in a key
 ORDERS = range(3, DEPTH + 1)
 MAX_BYTES = 256 * 1024  # most recent record bytes kept per speaker
 BETA = 2.0
+LIMIT = 64  # contexts seen more often than this have their counts precomputed
 _PAD = 0x0A  # before a speaker's first record: as if after a newline
 _SHIFT = 8 * DEPTH  # the speaker id's place in a key
 
@@ -56,8 +59,35 @@ def _keys(data: np.ndarray) -> np.ndarray:
     return keys
 
 
+def _ranges(starts: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For ranges [starts[i], starts[i] + sizes[i]): (the range each element belongs to, its position)."""
+    owner = np.repeat(np.arange(len(sizes)), sizes)
+    offsets = np.cumsum(sizes) - sizes
+    return owner, np.arange(int(sizes.sum())) - np.repeat(offsets, sizes) + np.repeat(starts, sizes)
+
+
+def _count_tables(keys: np.ndarray, nexts: np.ndarray, limit: int) -> dict[str, np.ndarray]:
+    """Per order, the next-byte counts of every context seen more than `limit` times, so that serving never
+    counts a long range byte by byte: `o{k}_keys` (the context's first possible key, sorted), `o{k}_offsets`
+    into `o{k}_next` / `o{k}_count`."""
+    out = {}
+    for k in ORDERS:
+        shift = np.uint64(8 * (DEPTH - k))
+        prefix = keys >> shift
+        starts = np.flatnonzero(np.r_[True, prefix[1:] != prefix[:-1]]) if len(keys) else np.empty(0, np.int64)
+        sizes = np.diff(np.r_[starts, len(keys)])
+        big = sizes > limit
+        owner, pos = _ranges(starts[big], sizes[big])
+        pairs, counts = np.unique(owner.astype(np.int64) * 256 + nexts[pos], return_counts=True)
+        out[f"o{k}_keys"] = prefix[starts[big]] << shift
+        out[f"o{k}_offsets"] = np.searchsorted(pairs // 256, np.arange(int(big.sum()) + 1))
+        out[f"o{k}_next"] = (pairs % 256).astype(np.uint8)
+        out[f"o{k}_count"] = counts.astype(np.uint32)
+    return out
+
+
 def build_voice_memory(records: Iterable[tuple[str, str]], path: str | Path, line_break: str,
-                       max_bytes: int = MAX_BYTES) -> int:
+                       max_bytes: int = MAX_BYTES, limit: int = LIMIT) -> int:
     """Write the memory for (speaker, text) training messages in corpus order; returns the speakers kept."""
     chunks: dict[str, list[bytes]] = defaultdict(list)
     sizes: dict[str, int] = defaultdict(int)
@@ -76,10 +106,12 @@ def build_voice_memory(records: Iterable[tuple[str, str]], path: str | Path, lin
     all_keys = np.concatenate(keys) if keys else np.empty(0, np.uint64)
     all_next = np.concatenate(nexts) if nexts else np.empty(0, np.uint8)
     order = np.argsort(all_keys, kind="stable")
+    all_keys, all_next = all_keys[order], all_next[order]
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp.npz")
     with open(tmp, "wb") as f:
-        np.savez(f, keys=all_keys[order], next=all_next[order], names=np.array(names, dtype=str))
+        np.savez(f, keys=all_keys, next=all_next, names=np.array(names, dtype=str), limit=np.int64(limit),
+                 **_count_tables(all_keys, all_next, limit))
     tmp.replace(path)
     return len(names)
 
@@ -90,7 +122,9 @@ class VoiceMemory:
     def __init__(self, path: str | Path):
         try:
             with np.load(path, allow_pickle=False) as f:
-                self.keys, self.next, names = f["keys"], f["next"], f["names"]
+                self.keys, self.next, names, self.limit = f["keys"], f["next"], f["names"], int(f["limit"])
+                self.tables = {k: (f[f"o{k}_keys"], f[f"o{k}_offsets"], f[f"o{k}_next"], f[f"o{k}_count"])
+                               for k in ORDERS}
         except (OSError, ValueError, KeyError) as exc:
             raise ModelLoadError(f"{path}: unreadable voice memory ({exc})") from exc
         if self.keys.dtype != np.uint64 or self.next.dtype != np.uint8 or len(self.keys) != len(self.next):
@@ -106,28 +140,58 @@ class VoiceMemory:
 
     def adapt_row(self, p: np.ndarray, speaker: int, context: bytes, beta: float = BETA) -> np.ndarray:
         """p (V,) float64, the model's distribution after `context`, adapted toward `speaker`'s memory."""
-        recent = context[-DEPTH:].rjust(DEPTH, bytes([_PAD]))
-        ctx = int.from_bytes(recent[::-1], "big")  # newest byte on top
-        lo, hi = 0, len(self.keys)
-        for k in ORDERS:
-            shift = 8 * (DEPTH - k)
-            first = (speaker << _SHIFT) | (ctx >> shift << shift)
-            bounds = np.array([first, first + (1 << shift)], dtype=np.uint64)
-            a, b = np.searchsorted(self.keys[lo:hi], bounds) + lo  # ranges nest: search inside the last
-            if a == b:
-                break
-            counts = np.bincount(self.next[a:b], minlength=256)[: len(p)]
-            seen = np.count_nonzero(counts)
-            p = (counts + beta * seen * p) / ((b - a) + beta * seen)
-            lo, hi = a, b
-        return p
+        return self.adapt(p[None, :], [speaker], [context], [beta])[0]
 
     def adapt(self, probs: np.ndarray, speakers: Sequence[int], contexts: Sequence[bytes],
               beta: Sequence[float]) -> np.ndarray:
-        """Rows of `probs` (B, V) adapted toward speakers[i] (-1: left as they are)."""
+        """Rows of `probs` (B, V) adapted toward speakers[i] (-1: left as they are).
+
+        All orders of all rows are looked up together: the ranges nest, so an order without a match is
+        followed only by orders without one, and the chain simply skips them."""
         out = probs.copy()
-        for i, sid in enumerate(speakers):
-            if sid >= 0:
-                out[i] = self.adapt_row(probs[i], sid, contexts[i], beta[i])
+        rows = [i for i, sid in enumerate(speakers) if sid >= 0]
+        if not rows:
+            return out
+        pad = bytes([_PAD])
+        ctx = np.array([int.from_bytes(contexts[i][-DEPTH:].rjust(DEPTH, pad)[::-1], "big") for i in rows],
+                       dtype=np.uint64)  # newest byte on top
+        sid = np.array([speakers[i] for i in rows], dtype=np.uint64) << np.uint64(_SHIFT)
+        shifts = np.array([8 * (DEPTH - k) for k in ORDERS], dtype=np.uint64)[:, None]  # (O, 1)
+        first = sid[None, :] | (ctx[None, :] >> shifts << shifts)  # (O, R): each order's first key
+        a = np.searchsorted(self.keys, first.ravel())
+        n = np.searchsorted(self.keys, (first + (np.uint64(1) << shifts)).ravel()) - a
+        if not n.any():
+            return out
+        counts = self._counts(first, a, n).reshape(len(ORDERS), len(rows), 256)[:, :, : probs.shape[1]]
+        n = n.reshape(len(ORDERS), len(rows))
+        b = np.array([beta[i] for i in rows], dtype=np.float64)
+        p = out[rows]
+        for o in range(len(ORDERS)):
+            if not n[o].any():
+                break
+            c = counts[o]
+            # A row without a match has c = 0 and n = 0: weight 1 leaves its p as it is.
+            w = np.where(n[o] > 0, b * np.count_nonzero(c, axis=1), 1.0)[:, None]
+            p = (c + w * p) / (n[o][:, None] + w)
+        out[rows] = p
         return out
 
+    def _counts(self, first: np.ndarray, a: np.ndarray, n: np.ndarray) -> np.ndarray:
+        """(O * R, 256) next-byte counts of each (order, row) range [a, a + n): short ranges counted here,
+        long ones (over `limit`) read from the order's table."""
+        big = n > self.limit
+        rows, pos = _ranges(a, np.where(big, 0, n))
+        index, data, weight = [rows], [self.next[pos]], [np.ones(len(pos))]
+        width = first.shape[1]
+        for o, k in enumerate(ORDERS):
+            sel = np.flatnonzero(big[o * width:(o + 1) * width])
+            if not len(sel):
+                continue
+            tkeys, offsets, tnext, tcount = self.tables[k]
+            j = np.searchsorted(tkeys, first[o, sel])
+            owner, tpos = _ranges(offsets[j], offsets[j + 1] - offsets[j])
+            index.append(o * width + sel[owner])
+            data.append(tnext[tpos])
+            weight.append(tcount[tpos].astype(np.float64))
+        flat = np.concatenate(index) * 256 + np.concatenate(data)
+        return np.bincount(flat, np.concatenate(weight), minlength=len(n) * 256).reshape(len(n), 256)
