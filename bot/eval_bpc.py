@@ -19,6 +19,7 @@ import numpy as np
 
 from engine.evaluate import log_softmax
 from engine.session import ModelSession
+from engine.voice import BETA, VoiceMemory
 from training.speaker_slots import speaker_ids
 
 START = b"\n"
@@ -75,14 +76,53 @@ def record_bits(session: ModelSession, records: Sequence[bytes], max_streams: in
     return bits
 
 
-def _text_bits(session: ModelSession, name: str, slot: int, body: bytes) -> float:
-    """-log2 p of `body` (a record's text and newline) written as `name` with `slot`, from a fresh state."""
+def _text_logp(session: ModelSession, name: str, slot: int, body: bytes) -> tuple[np.ndarray, bytes]:
+    """Log-probabilities (len(body), V) of each next byte of `body` (a record's text and newline) written as
+    `name` with `slot`, from a fresh state; and the bytes each one follows (prefix included)."""
     prefix = f"\n{name}: ".encode()
     data = np.frombuffer(prefix + body, dtype=np.uint8).astype(np.int64)
     slots = speaker_ids(prefix + body, {name: slot})
     logits, _ = session.run(data[None, :-1], session.initial_state(1), slots[None, :-1])
-    logp = np.take_along_axis(log_softmax(logits[0]), data[1:, None], axis=-1)[:, 0]
-    return float(-logp[len(prefix) - 1:].sum() / math.log(2.0))
+    return log_softmax(logits[0])[len(prefix) - 1:], prefix + body
+
+
+def _text_bits(session: ModelSession, name: str, slot: int, body: bytes) -> float:
+    """-log2 p of `body` written as `name` with `slot`, from a fresh state."""
+    logp, _ = _text_logp(session, name, slot, body)
+    return float(-logp[np.arange(len(body)), np.frombuffer(body, np.uint8)].sum() / math.log(2.0))
+
+
+def voice_check(session: ModelSession, voice: VoiceMemory, records: Sequence[tuple[str, str]],
+                speakers: Sequence[str], line_break: str, srand: int = 0, limit: int = 300,
+                slots: Mapping[str, int] | None = None, beta: float = BETA) -> dict[str, float | int]:
+    """Is the voice memory really the person? Bits per character of held-out message texts under the
+    network alone, adapted by the writer's own memory, and adapted by another scored speaker's memory (the
+    network still told the right writer). Own below other: the memory holds something of that person."""
+    import random
+
+    rng = random.Random(srand)
+    slots = slots or {}
+    pool = [(s, t) for s, t in records if s in speakers and voice.speaker_id(s) >= 0]
+    rng.shuffle(pool)
+    bits = {"network": 0.0, "own": 0.0, "other": 0.0}
+    size = 0
+    for s, t in pool[:limit]:
+        body = (t.replace("\n", line_break) + "\n").encode("utf-8")
+        other = rng.choice([x for x in speakers if x != s and voice.speaker_id(x) >= 0] or [s])
+        logp, data = _text_logp(session, s, slots.get(s, 0), body)
+        target = np.frombuffer(body, np.uint8)
+        rows = np.arange(len(body))
+        p = np.exp(logp.astype(np.float64))
+        p /= p.sum(axis=1, keepdims=True)
+        contexts = [data[:len(data) - len(body) + i] for i in rows]
+        bits["network"] -= float(np.log2(p[rows, target]).sum())
+        for key, who in (("own", s), ("other", other)):
+            q = voice.adapt(p, [voice.speaker_id(who)] * len(body), contexts, [beta] * len(body))
+            bits[key] -= float(np.log2(q[rows, target]).sum())
+        size += len(body)
+    if not size:
+        return {"records": 0, **{k: float("nan") for k in bits}}
+    return {"records": min(limit, len(pool)), "beta": beta, **{k: v / size for k, v in bits.items()}}
 
 
 def speaker_gain(session: ModelSession, records: Sequence[tuple[str, str]], speakers: Sequence[str],

@@ -41,6 +41,12 @@ def _gain_line(g: dict[str, Any]) -> str:
             f"(gain {_num(g['gain'], '{:+.4f}')}, {g['records']} messages)")
 
 
+def _voice_line(v: dict[str, Any]) -> str:
+    return (f"voice check: held-out texts cost {_num(v['network'], '{:.3f}')} bits/char by the network alone, "
+            f"{_num(v['own'], '{:.3f}')} adapted by the writer's own voice memory, {_num(v['other'], '{:.3f}')} "
+            f"by another speaker's (beta {v.get('beta', '?')}, {v['records']} messages)")
+
+
 def format_chat_report(r: dict[str, Any]) -> str:
     info, held, cls, systems = r["model_info"], r["held_out"], r["classifier"], r["systems"]
     cfg = r["config"]
@@ -50,6 +56,7 @@ def format_chat_report(r: dict[str, Any]) -> str:
            f"{held['bits_per_char']:.3f} bits/char",
            _gain_line(r["speaker_name_gain"]),
            *(f"note: {n}" for n in r.get("built_for_eval", [])),
+           *([_voice_line(r["voice_check"])] if r.get("voice_check") else []),
            f"{len(cls['speakers'])} speakers with {cfg['min_messages']}+ held-out and training messages, "
            f"{cfg['samples']} messages generated as each (temperature {cfg['temperature']}, srand {cfg['srand']}"
            f"{', context ' + str(cfg['context']) + ' lines' if cfg['context'] else ''}); classifier: {cls['kind']}",

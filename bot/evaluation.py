@@ -160,10 +160,11 @@ def _target(systems: dict[str, dict[str, Any]], ceiling: float) -> dict[str, Any
 
 
 def _generate_model(model: Any, split: Split, speakers: list[str], cfg: EvalConfig
-                    ) -> tuple[dict[str, Any], dict[str, Any] | None, list[str]]:
+                    ) -> tuple[dict[str, Any], dict[str, Any] | None, list[str], dict[str, Any] | None]:
     """cfg.samples messages as each speaker, guard off and on (bot/eval_samples.py), as served and, when that
     uses a voice memory, by the model alone. A model without a copy index or voice memory gets the ones
     `mimic train --db` would have written, built from the store's training messages."""
+    from bot.eval_bpc import voice_check
     from bot.eval_markov import speaker_seed
     from bot.eval_samples import model_samples
     from engine.copyindex import CopyIndex, build_copy_index
@@ -190,13 +191,15 @@ def _generate_model(model: Any, split: Split, speakers: list[str], cfg: EvalConf
             notes.append("voice memory built from the store's training messages (the model had none)")
         log.info("generating %d messages as each of %d speakers", cfg.samples, len(speakers))
         served = model_samples(model, speakers, cfg.samples, seeds, imp, contexts)
-        alone = None
+        alone = check = None
         if cfg.voice and model.voice is not None:
             log.info("and again with the model alone (no voice memory)")
             alone = model_samples(model, speakers, cfg.samples, seeds, dataclasses.replace(imp, voice=False),
                                   contexts)
+            check = voice_check(model.session, model.voice, split.valid, speakers, model.line_break, cfg.srand,
+                                slots=model.speakers.slots(), beta=imp.voice_beta)
         del model  # let go of the memory-mapped index before its folder is removed
-    return served, alone, notes
+    return served, alone, notes, check
 
 
 def evaluate_chat(model_path: str | Path, db_path: str | Path, cfg: EvalConfig = EvalConfig()) -> dict[str, Any]:
@@ -248,7 +251,7 @@ def evaluate_chat(model_path: str | Path, db_path: str | Path, cfg: EvalConfig =
     clock["classifier_and_index"] = time.monotonic() - t
 
     t = time.monotonic()
-    ours, alone, notes = _generate_model(model, split, speakers, cfg)
+    ours, alone, notes, voice = _generate_model(model, split, speakers, cfg)
     clock["generate_model"] = time.monotonic() - t
     t = time.monotonic()
     markov = markov_samples({s: train_by[s] for s in speakers}, cfg.samples, cfg.srand, cfg.max_chars)
@@ -290,6 +293,7 @@ def evaluate_chat(model_path: str | Path, db_path: str | Path, cfg: EvalConfig =
                        "speakers": speakers, "chance": attributor.chance, "ceiling": ceiling.mean,
                        "ceiling_micro": ceiling.micro, "held_out_scored": ceiling.scored},
         "built_for_eval": notes,
+        "voice_check": voice,
         "systems": systems,
         "speakers": per_speaker,
         "target": _target(systems, ceiling.mean),

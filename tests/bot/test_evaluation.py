@@ -163,10 +163,13 @@ def test_served_with_the_voice_memory_and_alone_without(chat: dict[str, Path], r
     memory = voice_path_for(chat["model"])
     assert memory.exists() and report["built_for_eval"] == []
     assert report["config"]["voice"] is True and "mimic_alone" in report["systems"]
+    check = report["voice_check"]  # the same held-out texts as the speaker check, so the same network figure
+    assert check["network"] == pytest.approx(report["speaker_name_gain"]["right_name"], rel=1e-6)
+    assert check["own"] < check["other"]  # four people with distinct styles: each one's memory is theirs
     out = tmp_path / "plain.json"
     assert main(["eval", str(chat["model"]), "--db", str(chat["db"]), *ARGS, "--no-voice", "--json", str(out)]) == 0
     plain = json.loads(out.read_text())
-    assert "mimic_alone" not in plain["systems"]
+    assert "mimic_alone" not in plain["systems"] and plain["voice_check"] is None
     assert plain["speakers"]["ada"]["messages"]["mimic_guarded"] == report["speakers"]["ada"]["messages"]["mimic_alone"]
     bare = tmp_path / "bare"
     bare.mkdir()
@@ -200,7 +203,7 @@ def test_table_and_samples_are_printed(chat: dict[str, Path], capsys: pytest.Cap
     assert main(["eval", str(chat["model"]), "--db", str(chat["db"]), *ARGS, "--show", "1"]) == 0
     out = capsys.readouterr().out
     for needle in ("bits/char", "mimic (guard off)", "mimic model alone (posted)", "markov (raw)", "real held-out (ceiling)", "chance",
-                   "target,", "  mimic  | ", "  markov | "):
+                   "target,", "  mimic  | ", "  markov | ", "voice check:"):
         assert needle in out
 
 
