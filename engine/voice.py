@@ -14,8 +14,8 @@ the model, a small one the memory. The lowest order is 3: shorter contexts say l
 cost the most to count. Orders stop at 6, short enough that the memory alone cannot replay a message (the
 copy guard still checks every draft).
 
-`score` sums log(p_adapted / p) over a draft's bytes: how much more the memory explains the draft than the
-model alone does, which engine/impersonate.py uses to pick the best of several drafts.
+The generator (engine/generate.py) scores a draft by the mean of log(p_adapted / p) over its bytes: how much
+more the memory explains the draft than the model alone does; engine/impersonate.py keeps the best of several.
 
 File layout (`model.voice.npz` beside the model, built at export time): `keys` uint64, sorted:
 (speaker id << 48) | the 6 bytes before a position, most recent in the top byte (so the last k bytes are the
@@ -27,7 +27,7 @@ numpy calls per order.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -89,14 +89,14 @@ def _count_tables(keys: np.ndarray, nexts: np.ndarray, limit: int) -> dict[str, 
 def build_voice_memory(records: Iterable[tuple[str, str]], path: str | Path, line_break: str,
                        max_bytes: int = MAX_BYTES, limit: int = LIMIT) -> int:
     """Write the memory for (speaker, text) training messages in corpus order; returns the speakers kept."""
-    chunks: dict[str, list[bytes]] = defaultdict(list)
+    chunks: dict[str, deque[bytes]] = defaultdict(deque)
     sizes: dict[str, int] = defaultdict(int)
     for speaker, text in records:
         record = f"{speaker}: {text.replace(chr(10), line_break)}\n".encode()
         chunks[speaker].append(record)
         sizes[speaker] += len(record)
         while sizes[speaker] - len(chunks[speaker][0]) >= max_bytes:  # keep the most recent max_bytes or so
-            sizes[speaker] -= len(chunks[speaker].pop(0))
+            sizes[speaker] -= len(chunks[speaker].popleft())
     names = sorted(chunks)[: 1 << 16]
     keys, nexts = [], []
     for sid, name in enumerate(names):
