@@ -11,7 +11,7 @@ split into two phases so both novelty figures come from one run:
    would answer "could not write a new message").
 
 "Best" is impersonate's choice among an attempt's drafts (several with a voice memory, see
-engine/impersonate.py).
+engine/impersonate.py), as a bot that is not under load makes it: cfg.drafts for every message.
 
 A row's guarded message is therefore exactly what `impersonate(model, speaker, n=..., srand=...)` returns
 for that row (with the speaker's derived seed), without giving up the whole speaker when one row fails.

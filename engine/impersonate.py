@@ -12,7 +12,8 @@ target's slot. A speaker without a slot (0) is written for unconditioned, exactl
 When the model comes with a voice memory (engine/voice.py), every draw is adapted toward how the target
 writes, and each attempt writes `drafts` drafts at once (one batch) and keeps the acceptable one the memory
 explains best, relative to the model alone: the one that sounds most like them. Each new attempt (all drafts
-were empty or copies) halves the memory's pull.
+were empty or copies) halves the memory's pull. Under load (more than max_rows drafts at once) each message
+gets fewer drafts, so the same srand gives the same message only at the same load.
 """
 
 from __future__ import annotations
@@ -43,11 +44,12 @@ class ImpersonationConfig:
     voice: bool = True  # adapt to the speaker's voice memory when the model has one
     voice_beta: float = BETA  # trust in the model against the memory (engine/voice.py)
     drafts: int = 4  # drafts per attempt with a voice memory; the one most like the speaker is kept
+    max_rows: int = 64  # drafts generated together at most: under load, fewer drafts per message
 
     def __post_init__(self) -> None:
         SamplingConfig(self.temperature, self.top_k, self.top_p)  # validates
-        if self.max_chars < 1 or self.max_attempts < 1 or self.drafts < 1:
-            raise BadRequestError("max_chars, max_attempts and drafts must be at least 1")
+        if self.max_chars < 1 or self.max_attempts < 1 or self.drafts < 1 or self.max_rows < 1:
+            raise BadRequestError("max_chars, max_attempts, drafts and max_rows must be at least 1")
         if not self.voice_beta > 0:
             raise BadRequestError(f"voice_beta must be a positive number, not {self.voice_beta}")
 
@@ -143,9 +145,15 @@ def voice_beta(cfg: ImpersonationConfig, attempt: int) -> float:
     return cfg.voice_beta * 2.0 ** (attempt - 1)
 
 
-def drafts_for(prompt: Prompt, cfg: ImpersonationConfig) -> int:
+def drafts_for(prompt: Prompt, drafts: int) -> int:
     """Several drafts are only worth writing when the voice memory can tell them apart."""
-    return cfg.drafts if prompt.voice >= 0 else 1
+    return drafts if prompt.voice >= 0 else 1
+
+
+def drafts_under_load(cfg: ImpersonationConfig, messages: int) -> int:
+    """Drafts per message when `messages` are generated together: cfg.drafts while they fit in max_rows,
+    fewer (down to one) under load, so a busy bot answers as fast as one without drafts."""
+    return max(1, min(cfg.drafts, cfg.max_rows // max(1, messages)))
 
 
 def best_draft(model: LoadedModel, prompt: str | None, drafts: Sequence[tuple[str, float]],
@@ -163,11 +171,12 @@ def _unguarded(model: LoadedModel) -> LoadedModel:
 
 def write_drafts(model: LoadedModel, prompts: Sequence[Prompt], user_prompts: Sequence[str | None],
                  keys: Sequence[tuple[int | None, int]], attempt: int, sampling: SamplingConfig,
-                 cfg: ImpersonationConfig) -> list[list[tuple[str, float]]]:
-    """Every draft of one attempt for each (prompt, (srand, row)), in one batch: [(text, score), ...] each."""
+                 cfg: ImpersonationConfig, drafts: int | None = None) -> list[list[tuple[str, float]]]:
+    """Every draft of one attempt for each (prompt, (srand, row)), in one batch: [(text, score), ...] each.
+    `drafts` per message (default cfg.drafts) when the prompt has a voice, else one."""
     requests, owner = [], []
     for j, (prompt, (srand, row)) in enumerate(zip(prompts, keys, strict=True)):
-        for d in range(drafts_for(prompt, cfg)):
+        for d in range(drafts_for(prompt, cfg.drafts if drafts is None else drafts)):
             requests.append(draft_request(prompt, srand, row, attempt, d, cfg.max_chars, voice_beta(cfg, attempt)))
             owner.append(j)
     scores: list[float] = []
@@ -227,9 +236,11 @@ def impersonate_batch(model: LoadedModel, jobs: Sequence[Job],
                     groups.setdefault(plan.sampling, []).append((i, row))
         if not groups:
             break
+        per_message = drafts_under_load(cfg, sum(len(rows) for rows in groups.values()))
         for sampling, rows in groups.items():
             drafts = write_drafts(model, [plans[i].prompt for i, _ in rows], [plans[i].job.prompt for i, _ in rows],
-                                  [(plans[i].job.srand, row) for i, row in rows], attempt, sampling, cfg)
+                                  [(plans[i].job.srand, row) for i, row in rows], attempt, sampling, cfg,
+                                  per_message)
             for (i, row), candidates in zip(rows, drafts, strict=True):
                 plan = plans[i]
                 text = best_draft(model, plan.job.prompt, candidates)

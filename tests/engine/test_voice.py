@@ -141,3 +141,18 @@ def test_drafts_are_reproducible_and_one_draft_without_voice_is_the_plain_model(
     off = dataclasses.replace(cfg, voice=False, drafts=7)
     assert ([m.text for m in impersonate(model, "grace", n=3, srand=8, cfg=off)]
             == [m.text for m in impersonate(plain, "grace", n=3, srand=8, cfg=cfg)])
+
+
+def test_under_load_each_message_gets_fewer_drafts(chat_run: Path) -> None:
+    from engine.impersonate import Job, drafts_under_load, impersonate_batch
+
+    cfg = ImpersonationConfig(temperature=0.9, min_messages=0, max_attempts=20, drafts=4, max_rows=8)
+    assert [drafts_under_load(cfg, n) for n in (1, 2, 3, 4, 8, 9, 100)] == [4, 4, 2, 2, 1, 1, 1]
+    model = load_model(chat_run / "model.onnx")
+    busy = impersonate_batch(model, [Job("ann", srand=i) for i in range(8)], cfg)  # 8 messages, 8 rows: one draft
+    one = dataclasses.replace(cfg, drafts=1)
+    alone = [impersonate(model, "ann", srand=i, cfg=one)[0] for i in range(8)]
+    first = [i for i in range(8) if busy[i][0].attempts == 1]  # later attempts have fewer rows, so more drafts
+    assert len(first) >= 6 and all(busy[i][0].text == alone[i].text for i in first)
+    idle = impersonate_batch(model, [Job("ann", srand=i) for i in range(2)], cfg)  # 2 messages: 4 drafts each
+    assert [r[0].text for r in idle] == [impersonate(model, "ann", srand=i, cfg=cfg)[0].text for i in range(2)]
