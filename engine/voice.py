@@ -20,8 +20,7 @@ more the memory explains the draft than the model alone does; engine/impersonate
 File layout (`model.voice.npz` beside the model, built at export time): `keys` uint64, sorted:
 (speaker id << 48) | the 6 bytes before a position, most recent in the top byte (so the last k bytes are the
 key's top k bytes and every order is one contiguous range); `next` uint8, the byte at that position;
-`names`, the speakers in id order; and per order, the next-byte counts of every context seen more than
-`limit` times (so serving never counts a long range byte by byte). `adapt` does a whole batch in a few
+`names`, the speakers in id order; and the next-byte counts of every context seen more than `limit` times (so serving never counts a long range byte by byte). `adapt` does a whole batch in a few
 numpy calls per order.
 """
 
@@ -66,12 +65,12 @@ def _ranges(starts: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return owner, np.arange(int(sizes.sum())) - np.repeat(offsets, sizes) + np.repeat(starts, sizes)
 
 
-def _count_tables(keys: np.ndarray, nexts: np.ndarray, limit: int) -> dict[str, np.ndarray]:
-    """Per order, the next-byte counts of every context seen more than `limit` times, so that serving never
-    counts a long range byte by byte: `o{k}_keys` (the context's first possible key, sorted), `o{k}_offsets`
-    into `o{k}_next` / `o{k}_count`."""
-    out = {}
-    for k in ORDERS:
+def _count_table(keys: np.ndarray, nexts: np.ndarray, limit: int) -> dict[str, np.ndarray]:
+    """The next-byte counts of every context (of any order) seen more than `limit` times, so that serving never
+    counts a long range byte by byte. A context is named by order and where its range starts in `keys`:
+    `table_keys` = order index * len(keys) + start (sorted), `table_offsets` into `table_next`/`table_count`."""
+    names, nexts_out, counts_out, sizes_out = [], [], [], []
+    for o, k in enumerate(ORDERS):
         shift = np.uint64(8 * (DEPTH - k))
         prefix = keys >> shift
         starts = np.flatnonzero(np.r_[True, prefix[1:] != prefix[:-1]]) if len(keys) else np.empty(0, np.int64)
@@ -79,11 +78,13 @@ def _count_tables(keys: np.ndarray, nexts: np.ndarray, limit: int) -> dict[str, 
         big = sizes > limit
         owner, pos = _ranges(starts[big], sizes[big])
         pairs, counts = np.unique(owner.astype(np.int64) * 256 + nexts[pos], return_counts=True)
-        out[f"o{k}_keys"] = prefix[starts[big]] << shift
-        out[f"o{k}_offsets"] = np.searchsorted(pairs // 256, np.arange(int(big.sum()) + 1))
-        out[f"o{k}_next"] = (pairs % 256).astype(np.uint8)
-        out[f"o{k}_count"] = counts.astype(np.uint32)
-    return out
+        names.append(o * len(keys) + starts[big])
+        nexts_out.append((pairs % 256).astype(np.uint8))
+        counts_out.append(counts.astype(np.uint32))
+        sizes_out.append(np.bincount(pairs // 256, minlength=int(big.sum())))
+    return {"table_keys": np.concatenate(names).astype(np.int64),
+            "table_offsets": np.r_[0, np.cumsum(np.concatenate(sizes_out))].astype(np.int64),
+            "table_next": np.concatenate(nexts_out), "table_count": np.concatenate(counts_out)}
 
 
 def build_voice_memory(records: Iterable[tuple[str, str]], path: str | Path, line_break: str,
@@ -111,7 +112,7 @@ def build_voice_memory(records: Iterable[tuple[str, str]], path: str | Path, lin
     tmp = path.with_name(path.name + ".tmp.npz")
     with open(tmp, "wb") as f:
         np.savez(f, keys=all_keys, next=all_next, names=np.array(names, dtype=str), limit=np.int64(limit),
-                 **_count_tables(all_keys, all_next, limit))
+                 **_count_table(all_keys, all_next, limit))
     tmp.replace(path)
     return len(names)
 
@@ -123,8 +124,7 @@ class VoiceMemory:
         try:
             with np.load(path, allow_pickle=False) as f:
                 self.keys, self.next, names, self.limit = f["keys"], f["next"], f["names"], int(f["limit"])
-                self.tables = {k: (f[f"o{k}_keys"], f[f"o{k}_offsets"], f[f"o{k}_next"], f[f"o{k}_count"])
-                               for k in ORDERS}
+                self.table = (f["table_keys"], f["table_offsets"], f["table_next"], f["table_count"])
         except (OSError, ValueError, KeyError) as exc:
             raise ModelLoadError(f"{path}: unreadable voice memory ({exc})") from exc
         if self.keys.dtype != np.uint64 or self.next.dtype != np.uint8 or len(self.keys) != len(self.next):
@@ -162,36 +162,32 @@ class VoiceMemory:
         n = np.searchsorted(self.keys, (first + (np.uint64(1) << shifts)).ravel()) - a
         if not n.any():
             return out
-        counts = self._counts(first, a, n).reshape(len(ORDERS), len(rows), 256)[:, :, : probs.shape[1]]
-        n = n.reshape(len(ORDERS), len(rows))
+        counts = self._counts(a, n).reshape(len(ORDERS), len(rows), 256)[:, :, : probs.shape[1]]
+        # Unrolled chain: p_k = alpha_k p_(k-1) + gamma_k c_k, with alpha_k = w_k / (n_k + w_k), gamma_k =
+        # 1 / (n_k + w_k), w_k = beta u_k, and alpha 1, gamma 0 where an order has no match. So the result is
+        # (prod alpha) p + sum_k gamma_k (prod_(j>k) alpha_j) c_k: two passes over the counts, not one per order.
+        n = n.reshape(len(ORDERS), len(rows)).astype(np.float64)
         b = np.array([beta[i] for i in rows], dtype=np.float64)
-        p = out[rows]
-        for o in range(len(ORDERS)):
-            if not n[o].any():
-                break
-            c = counts[o]
-            # A row without a match has c = 0 and n = 0: weight 1 leaves its p as it is.
-            w = np.where(n[o] > 0, b * np.count_nonzero(c, axis=1), 1.0)[:, None]
-            p = (c + w * p) / (n[o][:, None] + w)
-        out[rows] = p
+        w = b[None, :] * np.count_nonzero(counts, axis=2)
+        hit = n > 0
+        total = np.where(hit, n + w, 1.0)
+        alpha = np.where(hit, w / total, 1.0)
+        gamma = np.where(hit, 1.0 / total, 0.0)
+        after = np.cumprod(alpha[::-1], axis=0)[::-1]  # after[k] = prod_(j>=k) alpha_j
+        later = np.vstack([after[1:], np.ones((1, len(rows)))])  # prod_(j>k) alpha_j
+        out[rows] = after[0][:, None] * out[rows] + np.einsum("or,orv->rv", gamma * later, counts)
         return out
 
-    def _counts(self, first: np.ndarray, a: np.ndarray, n: np.ndarray) -> np.ndarray:
+    def _counts(self, a: np.ndarray, n: np.ndarray) -> np.ndarray:
         """(O * R, 256) next-byte counts of each (order, row) range [a, a + n): short ranges counted here,
-        long ones (over `limit`) read from the order's table."""
+        long ones (over `limit`) read from the table."""
         big = n > self.limit
         rows, pos = _ranges(a, np.where(big, 0, n))
-        index, data, weight = [rows], [self.next[pos]], [np.ones(len(pos))]
-        width = first.shape[1]
-        for o, k in enumerate(ORDERS):
-            sel = np.flatnonzero(big[o * width:(o + 1) * width])
-            if not len(sel):
-                continue
-            tkeys, offsets, tnext, tcount = self.tables[k]
-            j = np.searchsorted(tkeys, first[o, sel])
-            owner, tpos = _ranges(offsets[j], offsets[j + 1] - offsets[j])
-            index.append(o * width + sel[owner])
-            data.append(tnext[tpos])
-            weight.append(tcount[tpos].astype(np.float64))
-        flat = np.concatenate(index) * 256 + np.concatenate(data)
-        return np.bincount(flat, np.concatenate(weight), minlength=len(n) * 256).reshape(len(n), 256)
+        tkeys, offsets, tnext, tcount = self.table
+        which = np.flatnonzero(big)
+        order = which // (len(n) // len(ORDERS))
+        j = np.searchsorted(tkeys, order * len(self.keys) + a[which])
+        owner, tpos = _ranges(offsets[j], offsets[j + 1] - offsets[j])
+        flat = np.concatenate([rows, which[owner]]) * 256 + np.concatenate([self.next[pos], tnext[tpos]])
+        weight = np.concatenate([np.ones(len(pos)), tcount[tpos]])
+        return np.bincount(flat, weight, minlength=len(n) * 256).reshape(len(n), 256)

@@ -38,10 +38,11 @@ def _reference(records: list[tuple[str, str]], speaker: str, p: np.ndarray, cont
     return p
 
 
-@pytest.fixture
-def memory(tmp_path: Path) -> VoiceMemory:
+@pytest.fixture(params=[64, 1], ids=["counted", "from-the-table"])
+def memory(tmp_path: Path, request: pytest.FixtureRequest) -> VoiceMemory:
+    """limit 1: every context seen twice or more is read from the precomputed table instead of counted."""
     path = tmp_path / "m.voice.npz"
-    assert build_voice_memory(RECORDS, path, LB) == 2
+    assert build_voice_memory(RECORDS, path, LB, limit=request.param) == 2
     return VoiceMemory(path)
 
 
