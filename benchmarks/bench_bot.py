@@ -38,9 +38,11 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 from bot.capture import StoreAccess  # noqa: E402
-from bot.commands import Commands, Invocation, ModelGate  # noqa: E402
+from bot.commands import Commands, Invocation, ModelGate, impersonation_config  # noqa: E402
 from bot.config import GenerationSettings, LimitSettings, Settings, StorageSettings  # noqa: E402
 from bot.demo import TEAM, compose, write_demo_export  # noqa: E402
+from engine.impersonate import impersonate  # noqa: E402
+from engine.voice import VoiceMemory  # noqa: E402
 
 TARGET_CHARS = 200
 
@@ -163,10 +165,23 @@ def main() -> int:
         voice_s = time.perf_counter() - start
         print(f"\n## voice memory, {len(records):,} messages: build {voice_s:.1f} s, "
               f"{voice_path_for(model).stat().st_size / 2**20:.0f} MiB")
+        time_voice_memory(VoiceMemory(voice_path_for(model)), records[:2000])
         del corpus, records
         for voice in (False, True):
             serve(args, tmp_name, db, model, what, voice)
     return 0
+
+
+def time_voice_memory(memory: VoiceMemory, records: list[tuple[str, str]]) -> None:
+    """The memory's cost per generation step: adapting one row, and a batch of 128, with real contexts."""
+    contexts = [(s, f"{s}: {t}".encode()[:n]) for s, t in records for n in range(len(s) + 2, len(s) + 40, 5)]
+    for rows in (1, 4, 32, 128):
+        probs = np.full((rows, 256), 1 / 256)
+        batches = [contexts[i:i + rows] for i in range(0, len(contexts) - rows, rows)][:300]
+        start = time.perf_counter()
+        for batch in batches:
+            memory.adapt(probs, [memory.speaker_id(s) for s, _ in batch], [c for _, c in batch], [2.0] * rows)
+        print(f"adapt {rows} row(s): {(time.perf_counter() - start) / len(batches) * 1e6:.0f} µs per step")
 
 
 def serve(args: argparse.Namespace, tmp_name: str, db: Path, model: Path, what: str, voice: bool) -> None:
@@ -201,6 +216,11 @@ def serve(args: argparse.Namespace, tmp_name: str, db: Path, model: Path, what: 
           f"p99 {percentile(lat, 99) * 1e3:.0f} ms")
 
     service = gate.service()
+    served = service.holder.get()
+    tries = [impersonate(served, people[i % len(people)], srand=i, cfg=impersonation_config(settings))[0].attempts
+             for i in range(50)]
+    print(f"attempts per message (a draft that copies a training message is drawn again): "
+          f"mean {statistics.mean(tries):.2f}, max {max(tries)}")
     batches_before, jobs_before = service.batches_run, service.jobs_run
     total = max(args.requests, args.concurrency * 4)
     with ThreadPoolExecutor(args.concurrency) as pool:

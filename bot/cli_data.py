@@ -15,6 +15,7 @@ from typing import Any
 from bot.errors import ConfigError, UsageError
 
 DEFAULT_DB = "data/mimic.db"
+DEFAULT_MODELS = "data/models"
 
 
 class _ProgressBar:
@@ -106,13 +107,18 @@ def run_optin(args: argparse.Namespace) -> int:
 
 
 def run_forget(args: argparse.Namespace) -> int:
+    from bot.forget import forget_in_models
     from training.store import Store
 
     with Store.open(args.db, create=False) as store:
         if not args.yes:
             _confirm(f"Delete everything stored about '{args.name}' and opt them out for good? [y/N] ")
+        user = store.find_user(args.name)
+        speaker = user.speaker if user is not None and user.speaker else args.name
         deleted = store.forget(args.name)
-    print(f"mimic: forgot '{args.name}': {deleted} messages deleted; they stay opted out")
+    memories = forget_in_models(args.model, speaker)
+    print(f"mimic: forgot '{args.name}': {deleted} messages deleted, removed from {memories} voice "
+          "memories; they stay opted out")
     return 0
 
 
@@ -192,6 +198,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("forget", help="delete everything stored about NAME and opt them out")
     p.add_argument("name", metavar="NAME", help="speaker name, handle, display name, real name or user id")
     _db_arg(p)
+    p.add_argument("--model", default=DEFAULT_MODELS, metavar="PATH",
+                   help=f"model file or registry whose voice memories forget them too (default {DEFAULT_MODELS})")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     p.set_defaults(run=run_forget)
 

@@ -29,6 +29,7 @@ from bot import safety
 from bot.capture import StoreAccess
 from bot.config import Settings
 from bot.errors import ConfigError, UsageError
+from bot.forget import forget_in_models
 from bot.ratelimit import Clock, RateLimits
 from engine.errors import EngineError, ModelLoadError, OptedOutError, UnknownSpeakerError
 from engine.impersonate import ImpersonationConfig
@@ -392,10 +393,12 @@ class Commands:
             raise UsageError(f"no one called '{typed}' in the message store.")
         name = shown_name(user, Speaker(user.speaker, 0))
         deleted = self.people.forget(user.speaker)
-        log.info("forgot %s:%s on request of %s:%s (%d messages)", user.platform, user.platform_id,
-                 inv.platform, inv.user_id, deleted)
-        return self._private(inv, f"Forgot {name}: deleted {deleted:,} messages and their profile. I won't write "
-                                  "as them again; the model itself forgets them at the next retraining.")
+        memories = forget_in_models(self.settings.storage.model_path, user.speaker)
+        log.info("forgot %s:%s on request of %s:%s (%d messages, %d voice memories)", user.platform,
+                 user.platform_id, inv.platform, inv.user_id, deleted, memories)
+        return self._private(inv, f"Forgot {name}: deleted {deleted:,} messages and their profile, and their words "
+                                  "from the models' voice memories. I won't write as them again; the model itself "
+                                  "forgets them at the next retraining.")
 
     def _cmd_retrain(self, inv: Invocation) -> Reply:
         if self.retrain is None:

@@ -117,6 +117,27 @@ def build_voice_memory(records: Iterable[tuple[str, str]], path: str | Path, lin
     return len(names)
 
 
+def forget_speaker(path: str | Path, name: str) -> bool:
+    """Rewrite the memory at `path` without `name`'s records (their id stays taken, under no name); returns
+    whether they were in it. `mimic forget` calls this for every memory on disk: unlike the network's weights,
+    a voice memory holds a person's own words."""
+    path = Path(path)
+    with np.load(path, allow_pickle=False) as f:
+        keys, nexts, names, limit = f["keys"], f["next"], f["names"].tolist(), int(f["limit"])
+    if name not in names:
+        return False
+    sid = names.index(name)
+    keep = (keys >> np.uint64(_SHIFT)) != np.uint64(sid)
+    keys, nexts = keys[keep], nexts[keep]
+    names[sid] = ""
+    tmp = path.with_name(path.name + ".tmp.npz")
+    with open(tmp, "wb") as f:
+        np.savez(f, keys=keys, next=nexts, names=np.array(names, dtype=str), limit=np.int64(limit),
+                 **_count_table(keys, nexts, limit))
+    tmp.replace(path)
+    return True
+
+
 class VoiceMemory:
     """The loaded memory: `adapt` a batch of next-byte distributions, each toward its row's speaker."""
 
@@ -129,7 +150,7 @@ class VoiceMemory:
             raise ModelLoadError(f"{path}: unreadable voice memory ({exc})") from exc
         if self.keys.dtype != np.uint64 or self.next.dtype != np.uint8 or len(self.keys) != len(self.next):
             raise ModelLoadError(f"{path}: not a voice memory written by this version of Mimic")
-        self.ids = {str(n): i for i, n in enumerate(names)}
+        self.ids = {str(n): i for i, n in enumerate(names) if n}  # "": a forgotten person's id
 
     def speaker_id(self, name: str) -> int:
         """The memory id of a speaker, or -1 when the memory holds nothing of them."""

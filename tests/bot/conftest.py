@@ -76,8 +76,18 @@ def make_settings(model: Path | str, db: Path | str, **limits: Any) -> Settings:
 
 
 @pytest.fixture
-def settings(chat_world: ChatWorld, db: Path) -> Settings:
-    return make_settings(chat_world.model, db)
+def served_model(chat_world: ChatWorld, tmp_path: Path) -> Path:
+    """A private copy of the model and the files beside it: `forget` rewrites its voice memory."""
+    folder = tmp_path / "served"
+    folder.mkdir()
+    for f in chat_world.model.parent.glob("model.*"):
+        shutil.copy(f, folder / f.name)
+    return folder / chat_world.model.name
+
+
+@pytest.fixture
+def settings(served_model: Path, db: Path) -> Settings:
+    return make_settings(served_model, db)
 
 
 @pytest.fixture

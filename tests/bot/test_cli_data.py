@@ -67,8 +67,16 @@ def test_optout_optin_forget(cwd, capsys):
     assert "alice" not in _stats(capsys)["users"]
     assert main(["optin", "ALICE"]) == 0
     assert "alice" in _stats(capsys)["users"]
+    from engine.voice import VoiceMemory, build_voice_memory
+
+    version = cwd / "data" / "models" / "versions" / "v1"  # a registry version with a voice memory
+    version.mkdir(parents=True)
+    build_voice_memory([("alice", "hello there"), ("bob", "hi")], version / "model.voice.npz", "\x1e")
     assert main(["forget", "alice", "--yes"]) == 0
-    assert "messages deleted" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "messages deleted" in out and "removed from 1 voice memories" in out
+    memory = VoiceMemory(version / "model.voice.npz")
+    assert memory.speaker_id("alice") == -1 and memory.speaker_id("bob") == 1  # ids never move
     assert "alice" not in _stats(capsys)["users"]
     main(["ingest", str(write_slack_export(cwd, name="again"))])
     assert "alice" not in _stats(capsys)["users"]

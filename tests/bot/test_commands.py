@@ -93,11 +93,17 @@ def test_consent_for_someone_else_needs_an_admin(commands: Commands) -> None:
     assert "the console has no chat identity" in commands.handle(console("optout")).text
 
 
-def test_forget(settings: Settings, gate: ModelGate, db: Path) -> None:
+def test_forget(settings: Settings, gate: ModelGate, db: Path, served_model: Path) -> None:
+    from engine.voice import VoiceMemory, voice_path_for
+
     admin = replace(settings, slack=SlackSettings(admins=(GRACE,)))
     commands = Commands(admin, gate, StoreAccess(db))
+    memory = voice_path_for(served_model)
+    assert VoiceMemory(memory).speaker_id("ada") >= 0
     reply = commands.handle(slack(f"forget <@{ADA}>"))
     assert reply.private and reply.text.startswith("Forgot Ada: deleted ") and "messages" in reply.text
+    assert "voice memories" in reply.text
+    assert VoiceMemory(memory).speaker_id("ada") == -1 and VoiceMemory(memory).speaker_id("grace") >= 0
     # The model still knows ada until it is retrained: Mimic must refuse anyway, by every name.
     for person in ("ada", "Ada", f"<@{ADA}>"):
         refused = commands.handle(slack(f"impersonate {person}"))

@@ -14,7 +14,7 @@ from engine.generate import Request
 from engine.impersonate import ImpersonationConfig, best_draft, impersonate
 from engine.model_source import load_model
 from engine.sampling import SamplingConfig
-from engine.voice import DEPTH, ORDERS, VoiceMemory, build_voice_memory, voice_path_for
+from engine.voice import DEPTH, ORDERS, VoiceMemory, build_voice_memory, forget_speaker, voice_path_for
 from tests.engine.conftest import SIGN_OFF
 
 LB = "\x1e"
@@ -157,3 +157,17 @@ def test_under_load_each_message_gets_fewer_drafts(chat_run: Path) -> None:
     assert len(first) >= 6 and all(busy[i][0].text == alone[i].text for i in first)
     idle = impersonate_batch(model, [Job("ann", srand=i) for i in range(2)], cfg)  # 2 messages: 4 drafts each
     assert [r[0].text for r in idle] == [impersonate(model, "ann", srand=i, cfg=cfg)[0].text for i in range(2)]
+
+
+def test_forgetting_a_speaker_removes_their_words_and_nothing_else(tmp_path: Path) -> None:
+    path = tmp_path / "v.npz"
+    build_voice_memory(RECORDS, path, LB, limit=1)
+    p = np.random.default_rng(2).dirichlet(np.ones(256))
+    before = VoiceMemory(path)
+    bob_before = before.adapt_row(p, before.speaker_id("bob"), b"bob: hel")
+    assert forget_speaker(path, "ann") and not forget_speaker(path, "ann") and not forget_speaker(path, "carol")
+    after = VoiceMemory(path)
+    assert after.speaker_id("ann") == -1 and len(after) == 1
+    assert len(after.keys) == sum(len(f"bob: {t}\n") for s, t in RECORDS if s == "bob")  # only bob's bytes left
+    np.testing.assert_array_equal(after.adapt_row(p, after.speaker_id("bob"), b"bob: hel"), bob_before)
+    np.testing.assert_array_equal(after.adapt_row(p, 0, b"ann: hel"), p)  # ann's old id: nothing there
