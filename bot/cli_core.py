@@ -104,6 +104,14 @@ def run_export(args: argparse.Namespace) -> int:
 
     if len(args.paths) != 2:
         raise UsageError("usage: mimic export CKPT OUT.onnx")
+    if args.db:  # a chat model as `mimic train --db` exports it: copy index and voice memory beside it
+        from bot.jobs import chat_store_data, export_for_serving
+
+        if not Path(args.db).is_file():
+            raise UsageError(f"{args.db}: no such message store")
+        path = export_for_serving(chat_store_data(args.db), args.paths[0], args.paths[1])
+        print(f"mimic: wrote {path}, its copy index and voice memory (from {args.db})", file=sys.stderr)
+        return 0
     report = export_checkpoint(args.paths[0], args.paths[1])
     print(f"mimic: wrote {report.path} (parity max |diff| {report.max_abs_diff:.2g})", file=sys.stderr)
     return 0
@@ -193,6 +201,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "CKPT OUT.weights --darknet (writes OUT.weights and OUT.cfg for Darknet)")
     p.add_argument("paths", nargs="+", metavar="PATH", help="CKPT OUT.onnx, or CFG WEIGHTS OUT.onnx")
     p.add_argument("--darknet", action="store_true", help="write a darknet-rnn checkpoint as Darknet .weights + .cfg")
+    p.add_argument("--db", metavar="PATH", help="the message store a chat model was trained on: also write its copy "
+                                                "index and voice memory, as `mimic train --db` does")
     p.set_defaults(run=run_export)
 
     p = sub.add_parser("generate", help="generate text from a model (Darknet's rnn generate)")

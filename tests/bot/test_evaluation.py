@@ -263,3 +263,15 @@ def test_contexts_are_the_records_before_a_real_message() -> None:
     valid = [("a", "1"), ("b", "2"), ("a", "3"), ("c", "4"), ("b", "5")]
     ctx = _contexts(Split([], valid, 0), ["b"], 3, 2)
     assert ctx["b"] == [[("a", "1")], valid[2:4], [("a", "1")]]  # b's held-out messages are #1 and #4, in turn
+
+
+def test_export_with_the_store_writes_the_copy_index_and_voice_memory(chat: dict[str, Path], tmp_path: Path) -> None:
+    from engine.copyindex import index_path_for
+    from engine.voice import VoiceMemory, voice_path_for
+
+    out = tmp_path / "model.onnx"
+    assert main(["export", str(chat["run"] / "last.pt"), str(out), "--db", str(chat["db"])]) == 0
+    trained, exported = VoiceMemory(voice_path_for(chat["model"])), VoiceMemory(voice_path_for(out))
+    assert trained.ids == exported.ids and np.array_equal(trained.keys, exported.keys)
+    assert index_path_for(out).read_bytes() == index_path_for(chat["model"]).read_bytes()
+    assert main(["export", str(chat["run"] / "last.pt"), str(tmp_path / "x.onnx"), "--db", str(tmp_path / "no.db")]) == 2
