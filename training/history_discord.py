@@ -8,9 +8,13 @@ request, the API's maximum). Each message goes through the conversion live captu
 message fetched here, captured live, or imported from a DiscordChatExporter file is stored as the same row.
 
 Channels: by default every public text or announcement channel the bot can read (View Channel and Read
-Message History) in every guild it is in, or in `guilds`. `channels` lists what to fetch instead, as
-`[discord] learn_channels` does: "public" for that default, channel ids, "#names"; private channels, DMs
-and threads are fetched only when listed (threads by id).
+Message History) in every guild it is in, or in `guilds`, each followed by its public threads: the guild's
+active ones (`Guild.active_threads()`) and the channel's archived ones (`archived_threads(limit=None)`), oldest
+first. `channels` lists what to fetch instead, as `[discord] learn_channels` does: "public" for that default,
+channel or thread ids, "#names" (a channel's, or an active or archived public thread's of a channel the bot
+can read); private channels, private threads and DMs are fetched only when listed, private threads by id.
+A thread is a channel of its own here, as in a DiscordChatExporter export of it: stored under its own id
+and name, kind "thread", with its own watermark. A 403 or 404 on listing threads is a warning.
 
 Watermarks: the newest message id seen in a channel, stored or skipped. Messages are stored in batches of
 `batch_size` fetched messages, each batch and the watermark it reaches in one transaction (when the API
@@ -54,6 +58,7 @@ PAGE_SIZE = 100  # messages per request, what discord.py asks for with limit=Non
 BATCH_SIZE = 1000  # fetched messages per stored batch: an interrupted run fetches at most this many again
 _TEXT_TYPES = (discord.MessageType.default, discord.MessageType.reply)
 _READABLE_TYPES = (discord.TextChannel,)  # by default text and announcement channels, not voice-channel chat
+_PUBLIC_THREADS = (discord.ChannelType.public_thread, discord.ChannelType.news_thread)
 
 
 @contextlib.contextmanager
@@ -130,7 +135,8 @@ def _readable(channel: Any, me: discord.Member | None) -> bool:
 
 async def _select(client: discord.Client, guilds: _Guilds, wanted: list[str] | None, guild_ids: list[int] | None,
                   report: IngestReport) -> list[Any]:
-    """The channels to fetch, in guild order then channel order, each once."""
+    """The channels and threads to fetch, in guild order then channel order, each thread right after its
+    parent channel, each once."""
     entries = [e.strip() for e in (wanted if wanted is not None else [PUBLIC]) if e.strip()]
     names = {e.removeprefix("#") for e in entries if e != PUBLIC and not e.isdigit()}  # "#public" is a name
     chosen: dict[int, Any] = {}
@@ -139,20 +145,9 @@ async def _select(client: discord.Client, guilds: _Guilds, wanted: list[str] | N
             guild_ids = [g.id async for g in client.fetch_guilds(limit=None, with_counts=False)]
         for guild_id in guild_ids:
             guild = await guilds.get(guild_id, report)
-            if guild is None:
-                continue
-            channels = await guilds.channels(guild)
-            me = await guilds.member(guild, client.user.id) if PUBLIC in entries and client.user else None
-            for channel in channels:
-                if not isinstance(channel, _READABLE_TYPES):
-                    continue
-                named = channel.name in names
-                public = PUBLIC in entries and channel_kind(channel) == "public"
-                if named or (public and _readable(channel, me)):
+            if guild is not None:
+                for channel in await _from_guild(client, guilds, guild, PUBLIC in entries, names, report):
                     chosen.setdefault(channel.id, channel)
-                elif public:
-                    log.info("Discord channel #%s (%s): the bot may not read its history; skipped", channel.name,
-                             channel.id)
         for name in sorted(names - {c.name for c in chosen.values()}):
             report.warn(f"Discord channel '#{name}' not found in the bot's guilds; skipped")
     for channel_id in (int(e) for e in entries if e.isdigit()):
@@ -169,6 +164,52 @@ async def _select(client: discord.Client, guilds: _Guilds, wanted: list[str] | N
             continue
         chosen[channel_id] = channel
     return list(chosen.values())
+
+
+async def _from_guild(client: discord.Client, guilds: _Guilds, guild: discord.Guild, public: bool, names: set[str],
+                      report: IngestReport) -> list[Any]:
+    """One guild's share of the selection: the public channels the bot can read (when `public`) with their
+    public threads, and the channels and public threads named in `names`."""
+    channels = [c for c in await guilds.channels(guild) if isinstance(c, _READABLE_TYPES)]
+    me = await guilds.member(guild, client.user.id) if client.user else None
+    readable = [c for c in channels if _readable(c, me)]
+    defaults = {c.id for c in readable if public and channel_kind(c) == "public"}
+    for channel in channels:
+        if public and channel_kind(channel) == "public" and channel.id not in defaults:
+            log.info("Discord channel #%s (%s): the bot may not read its history; skipped", channel.name, channel.id)
+    # A name may be a thread's, so names look through the threads of every channel the bot can read.
+    threads = await _public_threads(guild, readable if names else [c for c in readable if c.id in defaults], report)
+    selected: list[Any] = []
+    for channel in channels:
+        if channel.id in defaults or channel.name in names:
+            selected.append(channel)
+        selected += [t for t in threads if t.parent_id == channel.id and (channel.id in defaults or t.name in names)]
+    return selected
+
+
+async def _public_threads(guild: discord.Guild, parents: list[Any], report: IngestReport) -> list[discord.Thread]:
+    """The public threads of `parents`, active and archived, each once, oldest first. Private threads are left
+    out even when the bot may see them: like private channels, they are fetched only when listed."""
+    if not parents:
+        return []
+    wanted = {c.id for c in parents}
+    found: dict[int, discord.Thread] = {}
+    with _or_warn(report, f"Discord guild {guild.name} ({guild.id}): cannot list its active threads"):
+        found.update({t.id: t for t in await guild.active_threads() if t.parent_id in wanted})
+    for channel in parents:
+        with _or_warn(report, f"Discord channel #{channel.name} ({channel.id}): cannot list its archived threads"):
+            async for thread in channel.archived_threads(limit=None):  # public ones: private=False
+                found.setdefault(thread.id, thread)
+    return sorted((t for t in found.values() if t.type in _PUBLIC_THREADS), key=lambda t: t.id)
+
+
+@contextlib.contextmanager
+def _or_warn(report: IngestReport, what: str) -> Iterator[None]:
+    """A 403 or 404 while listing is a warning: the threads listed before it, and everything else, are fetched."""
+    try:
+        yield
+    except (discord.NotFound, discord.Forbidden) as exc:
+        report.warn(f"{what}: {_why(exc)}; skipped")
 
 
 async def fetch_discord_history_async(
@@ -188,6 +229,9 @@ async def fetch_discord_history_async(
         known = _Guilds(client)
         selected = await _select(client, known, channels, guilds, report)
         converter = DiscordConverter(store, report, store.channel_names(PLATFORM), include_bots)
+        # Every name up front, as the importer reads every file's header first: a `<#id>` in a channel can
+        # name a thread fetched after it, and guild channel lists leave threads out.
+        converter.channels.update({r.platform_id: r.name for r in map(channel_record, selected)})
         fetched, texts = 0, _Texts()
         for done, channel in enumerate(selected, 1):
             header = await _prepare(channel, known, converter, store)

@@ -163,12 +163,12 @@ def test_history_discord_against_a_fake_api(cwd, capsys, monkeypatch):
     with serve_discord():
         monkeypatch.setenv("DISCORD_TOKEN", DISCORD_TOKEN)
         assert main(["history", "discord"]) == 0
-        assert capsys.readouterr().out.startswith("125 messages from 3 files: 125 new")
-        assert set(_stats(capsys)["channels"]) == {"general", "random", "announcements"}
+        assert capsys.readouterr().out.startswith("126 messages from 4 files: 126 new")
+        assert set(_stats(capsys)["channels"]) == {"general", "random", "announcements", "release plan"}  # + a thread
         assert main(["history", "discord", "--channels", f"#secret,{SECRET}", "--db", "data/mimic.db"]) == 0
         assert "secret" in _stats(capsys)["channels"]
         assert main(["history", "discord"]) == 0  # nothing new since the last run
-        assert capsys.readouterr().out.startswith("0 messages from 3 files")
+        assert capsys.readouterr().out.startswith("0 messages from 4 files")
         monkeypatch.setenv("DISCORD_TOKEN", "wrong")
         assert main(["history", "discord"]) == 2
         _one_line_error(capsys.readouterr().err, "Discord refused the bot token (HTTP 401 Unauthorized)")

@@ -24,13 +24,13 @@ def test_catch_up_fetches_the_learn_channels_then_only_what_is_new(tmp_path: Pat
     with serve() as fake:
         notes = catch_up(opts, events.append)
         assert events == ["catching up with Discord history"]
-        assert notes == ["Discord: 126 messages from 4 files: 126 new, 0 updated, 0 unchanged, 0 deleted; "
+        assert notes == ["Discord: 127 messages from 5 files: 127 new, 0 updated, 0 unchanged, 0 deleted; "
                          "skipped 3 (bot 2, type new_member 1)"]
         with Store.open(opts.db) as store:
             assert store.channel("discord", SECRET).kind == "private"  # listed, so fetched
         fake.requests.clear()
         fake.add(GENERAL, message(900, GRACE, "good morning"))
-        assert catch_up(opts, events.append)[0].startswith("Discord: 1 messages from 4 files: 1 new")
+        assert catch_up(opts, events.append)[0].startswith("Discord: 1 messages from 5 files: 1 new")
         assert [q["after"] for q in fake.history_calls(GENERAL)] == [snowflake(205)]
 
 

@@ -101,7 +101,7 @@ def default_messages() -> dict[str, list[dict[str, Any]]]:
 
 
 def public_thread(cid: str, parent: str, name: str) -> dict[str, Any]:
-    """A thread, which `/guilds/{id}/channels` does not list: fetched by id only."""
+    """A thread, which `/guilds/{id}/channels` does not list: the thread listings below do."""
     return {"id": cid, "type": 11, "guild_id": GUILD, "parent_id": parent, "owner_id": LINUS, "name": name,
             "message_count": 1, "member_count": 1, "rate_limit_per_user": 0, "flags": 0,
             "thread_metadata": {"archived": False, "auto_archive_duration": 1440, "locked": False,
@@ -125,6 +125,7 @@ class FakeDiscord:
         THREAD: public_thread(THREAD, GENERAL, "release plan")})
     messages: dict[str, list[dict[str, Any]]] = field(default_factory=default_messages)
     forbidden: set[str] = field(default_factory=lambda: {LOCKED})  # channels whose history answers 403
+    threads_forbidden: set[str] = field(default_factory=set)  # channels whose archived threads answer 403
     rate_limit_once: set[str] = field(default_factory=set)  # paths answered with one 429 first
     requests: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
     down: bool = False  # every request answers 503
@@ -188,7 +189,27 @@ class FakeDiscord:
             newer = sorted((msg for msg in self.messages.get(m[1], []) if int(msg["id"]) > after),
                            key=lambda msg: int(msg["id"]))[:limit]
             return 200, [{**msg, "channel_id": m[1]} for msg in reversed(newer)]  # newest first, as Discord does
+        if m := re.fullmatch(r"/guilds/(\d+)/threads/active", path):  # every active thread, private ones too
+            active = [t for t in self.threads.values() if t["guild_id"] == m[1] and not t["thread_metadata"]["archived"]]
+            return 200, {"threads": active, "members": []}
+        if m := re.fullmatch(r"/channels/(\d+)/threads/archived/public", path):
+            if m[1] in self.threads_forbidden:
+                return 403, {"message": "Missing Access", "code": 50001}
+            return 200, self._archived(m[1], query)
         return 404, {"message": "404: Not Found", "code": 0}
+
+    def _archived(self, parent: str, query: dict[str, str]) -> dict[str, Any]:
+        """A channel's archived public and news threads, latest archive first, before the `before` archive time,
+        at most `limit`, with `has_more` (discord.py's `archived_threads` pages on the last one's archive time)."""
+        def archived_at(thread: dict[str, Any]) -> datetime:
+            return datetime.fromisoformat(thread["thread_metadata"]["archive_timestamp"])
+
+        before = datetime.fromisoformat(query["before"]) if "before" in query else None
+        found = sorted((t for t in self.threads.values() if t["parent_id"] == parent and t["type"] in (10, 11)
+                        and t["thread_metadata"]["archived"] and (before is None or archived_at(t) < before)),
+                       key=archived_at, reverse=True)
+        limit = int(query.get("limit", 50))
+        return {"threads": found[:limit], "members": [], "has_more": len(found) > limit}
 
 
 class _Handler(BaseHTTPRequestHandler):

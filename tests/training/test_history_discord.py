@@ -1,9 +1,11 @@
-"""training/history_discord.py against a fake Discord REST API on 127.0.0.1 (tests/training/fake_discord.py),
-with discord.py's own HTTP client: channel choice, pagination, the shared conversion, watermarks, errors."""
+"""training/history_discord.py against a fake Discord REST API on 127.0.0.1 (tests/training/fake_discord.py,
+with the thread listings added below), with discord.py's own HTTP client: channel and thread choice,
+pagination, the shared conversion, watermarks, errors."""
 
 from __future__ import annotations
 
 import sqlite3
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +24,12 @@ from tests.training.fake_discord import (
     RANDOM,
     ROLE_DEVS,
     SECRET,
+    START,
     THREAD,
     TOKEN,
+    FakeDiscord,
     message,
+    public_thread,
     serve,
     snowflake,
 )
@@ -33,6 +38,10 @@ from training.errors import ApiError
 from training.history_discord import fetch_discord_history
 from training.ingest_discord import ingest_discord_exports
 from training.store import ChannelRecord, Store
+
+ARCHIVED, NEWS_THREAD, PRIVATE_THREAD, LOCKED_THREAD = (
+    "820000000000000011", "820000000000000012", "820000000000000013", "820000000000000014")
+THREAD_TYPES = {"public": 11, "news": 10, "private": 12}
 
 ROWS = """SELECT c.platform_id, c.name, c.kind, m.platform_id, u.platform_id, u.speaker, u.handle, u.display_name,
                  u.avatar_url, u.is_bot, m.text, m.thread_parent, m.created, m.edited
@@ -45,10 +54,37 @@ def rows(db: Path) -> list[tuple[Any, ...]]:
         return conn.execute(ROWS).fetchall()
 
 
+def thread(cid: str, parent: str, name: str, *, kind: str = "public", archived_at: float | None = None
+           ) -> dict[str, Any]:
+    """A thread's payload; `archived_at` minutes after START makes it an archived one."""
+    data = public_thread(cid, parent, name)
+    data["type"] = THREAD_TYPES[kind]
+    if archived_at is not None:
+        when = (START + timedelta(minutes=archived_at)).isoformat()
+        data["thread_metadata"] = {**data["thread_metadata"], "archived": True, "archive_timestamp": when}
+    return data
+
+
 @pytest.fixture
 def fake():
-    with serve() as fake:
+    with serve(FakeDiscord()) as fake:  # #general has one active public thread, THREAD
         yield fake
+
+
+@pytest.fixture
+def threads(fake: FakeDiscord) -> FakeDiscord:
+    """More threads: an archived one in #general, an archived news thread in #announcements, an active private
+    thread in #general and an active public one in #locked, whose history the bot may not read."""
+    for data in (thread(ARCHIVED, GENERAL, "old plans", archived_at=700),
+                 thread(NEWS_THREAD, ANNOUNCE, "launch questions", kind="news", archived_at=710),
+                 thread(PRIVATE_THREAD, GENERAL, "just us", kind="private"),
+                 thread(LOCKED_THREAD, LOCKED, "locked talk")):
+        fake.threads[data["id"]] = data
+    fake.add(ARCHIVED, message(660, ADA, "archived talk"), message(661, GRACE, "still archived"))
+    fake.add(NEWS_THREAD, message(670, LINUS, "when exactly?"))
+    fake.add(PRIVATE_THREAD, message(680, ADA, "between us"))
+    fake.add(LOCKED_THREAD, message(690, ADA, "locked thread talk"))
+    return fake
 
 
 @pytest.fixture
@@ -64,16 +100,16 @@ def fetch(db: Path, **options: Any):
 def test_first_run_fetches_public_channels_page_by_page(fake, db: Path) -> None:
     events: list[Any] = []
     report = fetch(db, progress=events.append)
-    # Public text and announcement channels the bot may read; never the private one, the one whose history
-    # the bot is denied, or the voice channel.
+    # Public text and announcement channels the bot may read and their public threads; never the private one,
+    # the one whose history the bot is denied, or the voice channel.
     asked = {path.split("/")[2] for _, path, _ in fake.requests if path.endswith("/messages")}
-    assert asked == {GENERAL, RANDOM, ANNOUNCE}
+    assert asked == {GENERAL, THREAD, RANDOM, ANNOUNCE}
     pages = fake.history_calls(GENERAL)
     assert [p["after"] for p in pages] == ["0", snowflake(99)]  # 126 messages: a full page of 100, then the rest
     assert all(p["limit"] == "100" for p in pages)
-    assert report.new == 120 + 3 + 1 + 1 and report.files == 3
+    assert report.new == 120 + 3 + 1 + 1 + 1 and report.files == 4
     assert report.skipped == {"bot": 2, "type new_member": 1}  # a bot, Mimic's own webhook post, a join
-    assert (events[-1].files_done, events[-1].files_total, events[-1].messages) == (3, 3, 128)
+    assert (events[-1].files_done, events[-1].files_total, events[-1].messages) == (4, 4, 129)
     assert events[0].source == "#general" and events[0].messages == 100  # progress every page
     with Store.open(db) as store:
         # the newest message seen, stored or not (the join notice), so a second run asks for nothing old
@@ -90,17 +126,23 @@ def test_first_run_fetches_public_channels_page_by_page(fake, db: Path) -> None:
     assert all(len(fake.calls(rf"/guilds/{GUILD}/members/{who}")) == 1 for who in (ADA, GRACE, LINUS))  # once each
 
 
-def test_stored_rows_equal_an_export_import_of_the_same_messages(fake, db: Path, tmp_path: Path) -> None:
+def test_stored_rows_equal_an_export_import_of_the_same_messages(threads, db: Path, tmp_path: Path) -> None:
+    fake = threads
+    fake.add(GENERAL, message(206, GRACE, f"notes in <#{ARCHIVED}>"))  # a thread fetched after this channel
     fetch(db)
     exported = tmp_path / "export.db"
     files = [write_dce(tmp_path, dce_file(cid, name, [as_exported(m) for m in fake.messages[cid]],
                                           guild={"id": GUILD, "name": "Demo Guild", "iconUrl": ""},
                                           channel_type=kind))
              for cid, name, kind in ((GENERAL, "general", "GuildTextChat"), (RANDOM, "random", "GuildTextChat"),
-                                     (ANNOUNCE, "announcements", "GuildNews"))]
+                                     (ANNOUNCE, "announcements", "GuildNews"),
+                                     (THREAD, "release plan", "GuildPublicThread"),
+                                     (ARCHIVED, "old plans", "GuildPublicThread"),
+                                     (NEWS_THREAD, "launch questions", "GuildNewsThread"))]
     with Store.open(exported) as store:
         ingest_discord_exports(files, store)
     assert rows(db) == rows(exported)
+    assert ("notes in #old plans",) in [r[10:11] for r in rows(db)]
 
 
 def as_exported(payload: dict[str, Any]) -> dict[str, Any]:
@@ -133,7 +175,7 @@ def test_second_run_asks_only_for_what_is_newer(fake, db: Path) -> None:
     with Store.open(db) as store:
         assert store.get_watermark("discord", GENERAL) == snowflake(701)
     report = fetch(db)
-    assert report.stored == 0 and report.files == 3
+    assert report.stored == 0 and report.files == 4
 
 
 def test_a_failure_midway_keeps_the_stored_batches_and_the_next_run_resumes(fake, db: Path) -> None:
@@ -147,7 +189,7 @@ def test_a_failure_midway_keeps_the_stored_batches_and_the_next_run_resumes(fake
     fake.requests.clear()
     report = fetch(db, batch_size=40)
     assert [p["after"] for p in fake.history_calls(GENERAL)] == [snowflake(99)]
-    assert report.new == 20 + 3 + 1 + 1
+    assert report.new == 20 + 3 + 1 + 1 + 1
 
 
 def test_listed_channels_private_ones_included_and_problems_skipped_with_a_warning(fake, db: Path) -> None:
@@ -163,7 +205,7 @@ def test_listed_channels_private_ones_included_and_problems_skipped_with_a_warni
     assert "Discord channel 999999999999999999: not found (HTTP 404 Unknown Channel); skipped" in warnings
     assert "Discord channel '#nope' not found in the bot's guilds; skipped" in warnings
     public_and_one = fetch(db, channels=["public", SECRET])  # as `learn_channels = ["public", "<id>"]` reads
-    assert public_and_one.files == 4
+    assert public_and_one.files == 5
 
 
 def test_a_thread_is_fetched_when_listed_by_id(fake, db: Path) -> None:
@@ -174,11 +216,75 @@ def test_a_thread_is_fetched_when_listed_by_id(fake, db: Path) -> None:
     assert [r[10] for r in rows(db)] == ["in a thread"]
 
 
+def history_order(fake: FakeDiscord) -> list[str]:
+    """The channels whose history was asked for, in the order first asked."""
+    return list(dict.fromkeys(p.split("/")[2] for _, p, _ in fake.requests if p.endswith("/messages")))
+
+
+def test_public_threads_are_fetched_by_default_each_once_after_their_channel(threads, db: Path) -> None:
+    report = fetch(db)
+    # Active and archived public threads of the public channels the bot may read, each right after its
+    # channel and oldest first; not the private thread, not the thread of #locked.
+    assert history_order(threads) == [GENERAL, THREAD, ARCHIVED, RANDOM, ANNOUNCE, NEWS_THREAD]
+    assert all(len(threads.history_calls(t)) == 1 for t in (THREAD, ARCHIVED, NEWS_THREAD))
+    assert report.files == 6 and report.new == 125 + 1 + 2 + 1 and not report.warnings
+    # one listing of the guild's active threads, one of each listed channel's archived public threads
+    assert threads.calls(rf"/guilds/{GUILD}/threads/active") == [{}]
+    assert threads.calls(rf"/channels/{GENERAL}/threads/archived/public") == [{"limit": "100"}]
+    assert {p for _, p, _ in threads.requests if "archived" in p} == {
+        f"/channels/{c}/threads/archived/public" for c in (GENERAL, RANDOM, ANNOUNCE)}
+    with Store.open(db) as store:
+        assert store.channel("discord", ARCHIVED) == ChannelRecord("discord", ARCHIVED, "old plans", GUILD, "thread")
+        assert store.channel("discord", NEWS_THREAD).kind == "thread"
+        assert store.channel("discord", PRIVATE_THREAD) is None and store.channel("discord", LOCKED_THREAD) is None
+        assert store.get_watermark("discord", ARCHIVED) == snowflake(661)
+    stored = [r[10] for r in rows(db)]
+    assert stored.count("archived talk") == 1 and "between us" not in stored
+
+
+def test_a_private_thread_is_fetched_only_when_listed_by_id(threads, db: Path) -> None:
+    report = fetch(db, channels=["public", "#just us"])  # a private thread's name does not reach it
+    assert not threads.history_calls(PRIVATE_THREAD)
+    assert "Discord channel '#just us' not found in the bot's guilds; skipped" in report.warnings
+    report = fetch(db, channels=["public", PRIVATE_THREAD])
+    assert [q["after"] for q in threads.history_calls(PRIVATE_THREAD)] == ["0"] and report.new == 1
+    with Store.open(db) as store:
+        assert store.channel("discord", PRIVATE_THREAD).kind == "private"
+
+
+def test_a_public_thread_is_found_by_name(threads, db: Path) -> None:
+    report = fetch(db, channels=["#old plans", "#launch questions"])
+    assert history_order(threads) == [ARCHIVED, NEWS_THREAD]
+    assert report.files == 2 and report.new == 3 and not report.warnings
+
+
+def test_a_refused_archived_thread_listing_is_a_warning_and_the_rest_is_fetched(threads, db: Path) -> None:
+    threads.threads_forbidden = {GENERAL}
+    report = fetch(db)
+    assert history_order(threads) == [GENERAL, THREAD, RANDOM, ANNOUNCE, NEWS_THREAD]  # the active thread too
+    assert report.warnings == [f"Discord channel #general ({GENERAL}): cannot list its archived threads: "
+                               "no access (HTTP 403 Missing Access); skipped"]
+    assert report.files == 5
+
+
+def test_a_second_run_fetches_nothing_new_from_threads(threads, db: Path) -> None:
+    fetch(db)
+    threads.requests.clear()
+    report = fetch(db)
+    assert report.stored == 0 and report.files == 6
+    assert [q["after"] for q in threads.history_calls(ARCHIVED)] == [snowflake(661)]
+    assert [q["after"] for q in threads.history_calls(THREAD)] == [snowflake(650)]
+    threads.add(ARCHIVED, message(800, LINUS, "reopened"))
+    report = fetch(db)
+    assert (report.new, report.updated, report.unchanged) == (1, 0, 0)
+    assert [r[10] for r in rows(db)].count("reopened") == 1
+
+
 def test_a_rate_limit_is_waited_out_by_discord_py(fake, db: Path) -> None:
     fake.rate_limit_once = {f"/channels/{GENERAL}/messages"}
     report = fetch(db)
     assert len(fake.history_calls(GENERAL)) == 3 and fake.history_calls(GENERAL)[0] == fake.history_calls(GENERAL)[1]
-    assert report.new == 125
+    assert report.new == 126
 
 
 def test_a_bad_token_and_an_api_that_is_down_are_one_line_errors(fake, db: Path) -> None:
