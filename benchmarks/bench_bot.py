@@ -1,7 +1,7 @@
 """The bot's serving path: command -> posted text latency, throughput under 50 concurrent requests, and the
 cost of the verbatim-copy check against a million-message corpus. Prints figures; not a test.
 
-    python benchmarks/bench_bot.py [--model PATH] [--requests 200] [--corpus-messages 1000000]
+    python benchmarks/bench_bot.py [--model PATH [--db PATH]] [--requests 200] [--corpus-messages 1000000]
 
 Latency is measured through the command layer and the batching service (store lookups, speaker resolution,
 generation, copy check, mention safety), everything but the network: `Commands.handle` from the moment a
@@ -14,6 +14,10 @@ output is uniform over printable ASCII, and one hidden unit counts steps (a GRU 
 and update gate 0.99 climbs smoothly towards 0.9) and drives the newline logit, so every message ends after
 about 200 characters. The model is served with a copy-check index of the benchmark's synthetic corpus, so
 each message also pays the copy check it pays in production.
+
+With --model and --db, a real chat model is served instead, with its own copy index and voice memory and its
+own store (the five people with the most messages, primed with a channel's last 12 messages): what a team's
+messages cost, at their real lengths.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import os
 import platform
 import random
 import re
+import shutil
 import statistics
 import sys
 import tempfile
@@ -45,6 +50,9 @@ from engine.impersonate import impersonate  # noqa: E402
 from engine.voice import VoiceMemory  # noqa: E402
 
 TARGET_CHARS = 200
+
+
+DEMO_PEOPLE = ["ada", "grace", "linus", "marvin", "yoda"]
 
 
 def synthetic_corpus(n: int, seed: int = 0) -> list[tuple[str, str]]:
@@ -114,6 +122,8 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, default=50)
     ap.add_argument("--corpus-messages", type=int, default=1_000_000, help="copy-check corpus size")
     ap.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads")
+    ap.add_argument("--db", type=Path, help="with --model: the model's own message store; the model is served with "
+                                            "its own copy index and voice memory, as the people with most messages")
     args = ap.parse_args()
 
     from engine.copyindex import CopyIndex, build_copy_index, index_path_for
@@ -152,6 +162,15 @@ def main() -> int:
         print(f"check a new {TARGET_CHARS}-char message: {novel_us:.0f} µs (false hits {hits_novel}/{len(novel)})")
         print(f"check a copied training message: {copy_us:.0f} µs (caught {hits_copy}/{len(copies)})")
 
+        if args.model is not None and args.db is not None:
+            db, model = tmp / "real.db", tmp / "real" / args.model.name
+            shutil.copy(args.db, db)
+            model.parent.mkdir()
+            for f in args.model.parent.glob(args.model.stem + ".*"):  # the model, its copy index, its voice memory
+                shutil.copy(f, model.parent / f.name)
+            for voice in (False, True):
+                serve(args, tmp_name, db, model, f"{args.model} with its own store", voice, *real_audience(db))
+            return 0
         if args.model is None:
             model = timing_model(tmp / "model.onnx", speakers)
             what = "GRU of the default size, weights set for ~200-char messages"
@@ -168,8 +187,21 @@ def main() -> int:
         time_voice_memory(VoiceMemory(voice_path_for(model)), records[:2000])
         del corpus, records
         for voice in (False, True):
-            serve(args, tmp_name, db, model, what, voice)
+            serve(args, tmp_name, db, model, what, voice, DEMO_PEOPLE, ("slack", "C0DEMOGEN", "general"))
     return 0
+
+
+def real_audience(db: Path) -> tuple[list[str], tuple[str, str, str]]:
+    """The five people with the most messages, and a Slack or Discord channel with a conversation to prime with."""
+    from training.store import Store
+
+    with Store.open(db, create=False) as store:
+        people = [s for s, _ in sorted(store.speaker_counts().items(), key=lambda kv: -kv[1])[:5]]
+        for platform in ("slack", "discord"):
+            for cid, name in store.channel_names(platform).items():
+                if len(store.recent_messages(platform, cid, 12)) == 12:
+                    return people, (platform, cid, name)
+    raise SystemExit(f"bench_bot: no channel in {db} has 12 messages to prime with")
 
 
 def time_voice_memory(memory: VoiceMemory, records: list[tuple[str, str]]) -> None:
@@ -184,18 +216,18 @@ def time_voice_memory(memory: VoiceMemory, records: list[tuple[str, str]]) -> No
         print(f"adapt {rows} row(s): {(time.perf_counter() - start) / len(batches) * 1e6:.0f} µs per step")
 
 
-def serve(args: argparse.Namespace, tmp_name: str, db: Path, model: Path, what: str, voice: bool) -> None:
+def serve(args: argparse.Namespace, tmp_name: str, db: Path, model: Path, what: str, voice: bool, people: list[str],
+          channel: tuple[str, str, str]) -> None:
     """Latency one at a time and throughput under load, served with or without the voice memory."""
     gen = GenerationSettings(max_chars=300, voice_memory=voice)
     settings = Settings(storage=StorageSettings(data_dir=tmp_name, database=str(db), model=str(model)),
                         generation=gen, limits=LimitSettings(user_limit=0, channel_limit=0))
     gate = ModelGate.from_settings(settings, watch_seconds=None, threads=args.threads)
     commands = Commands(settings, gate, StoreAccess(db))
-    people = ["ada", "grace", "linus", "marvin", "yoda"]
 
     def one(i: int) -> tuple[float, int]:
-        inv = Invocation.from_text(f"impersonate {people[i % len(people)]}", platform="slack",
-                                   user_id=f"U{i}", channel_id="C0DEMOGEN", channel_name="general")
+        inv = Invocation.from_text(f"impersonate {people[i % len(people)]}", platform=channel[0],
+                                   user_id=f"U{i}", channel_id=channel[1], channel_name=channel[2])
         start = time.perf_counter()
         reply = commands.handle(inv)
         elapsed = time.perf_counter() - start

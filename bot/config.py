@@ -108,6 +108,7 @@ class GenerationSettings:
     voice_memory: bool = True
     voice_beta: float = 2.0
     drafts: int = 4
+    draft_rows: int = 16
     context_lines: int = 12
     batch_window_ms: float = 10.0
     max_batch: int = 64
@@ -121,6 +122,7 @@ class GenerationSettings:
             ("max_attempts", self.max_attempts >= 1, "must be at least 1"),
             ("voice_beta", self.voice_beta > 0, "must be more than 0"),
             ("drafts", 1 <= self.drafts <= 32, "must be in [1, 32]"),
+            ("draft_rows", self.draft_rows >= 1, "must be at least 1"),
             ("context_lines", self.context_lines >= 0, "must be 0 or more"),
             ("batch_window_ms", 0 <= self.batch_window_ms <= 1000, "must be in [0, 1000]"),
             ("max_batch", self.max_batch >= 1, "must be at least 1"),

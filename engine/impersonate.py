@@ -44,7 +44,7 @@ class ImpersonationConfig:
     voice: bool = True  # adapt to the speaker's voice memory when the model has one
     voice_beta: float = BETA  # trust in the model against the memory (engine/voice.py)
     drafts: int = 4  # drafts per attempt with a voice memory; the one most like the speaker is kept
-    max_rows: int = 64  # drafts generated together at most: under load, fewer drafts per message
+    max_rows: int = 16  # drafts generated together at most: under load, fewer drafts per message
 
     def __post_init__(self) -> None:
         SamplingConfig(self.temperature, self.top_k, self.top_p)  # validates
@@ -135,8 +135,9 @@ def draft_request(prompt: Prompt, srand: int | None, row: int, attempt: int, dra
     """One draft's generation request; each row, attempt and draft gets its own reproducible random stream
     (the first draft of an attempt the same one as when there is a single draft)."""
     seed = None if srand is None else (srand, row, attempt) if draft == 0 else (srand, row, attempt, draft)
+    # One character past max_chars is enough to know the message gets cut (finish_text adds the ellipsis).
     return Request(prompt.text, max_chars * 4, seed, END_OF_MESSAGE, prompt.speakers, prompt.speaker,
-                   prompt.voice, voice_beta)  # up to 4 bytes a char
+                   prompt.voice, voice_beta, max_chars + 1)
 
 
 def voice_beta(cfg: ImpersonationConfig, attempt: int) -> float:

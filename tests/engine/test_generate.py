@@ -107,3 +107,13 @@ def test_the_conversation_is_primed_once_and_the_result_does_not_depend_on_the_c
     again = Generator(gen.session).prime(conversation + b"the q")  # an empty cache: same numbers
     assert (first[0] == again[0]).all() and (first[1] == again[1]).all()
     assert not (second[0] == first[0]).all()
+
+
+def test_max_chars_stops_a_row_one_character_past_it(gen: Generator) -> None:
+    """A posted message is cut at max_chars characters: generating far beyond (up to 4 bytes a character)
+    only costs time, and a batch waits for its longest row."""
+    full, capped = gen.generate_bytes([Request(b"\n", 400, 1), Request(b"\n", 400, 1, max_chars=30)],
+                                      SamplingConfig(1.0))
+    assert len(full) == 400 and full.startswith(capped)
+    text = capped.decode("utf-8", errors="ignore")
+    assert 30 <= len(text) <= 31 and len(capped) < 400
