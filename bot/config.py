@@ -108,7 +108,7 @@ class GenerationSettings:
     voice_memory: bool = True
     voice_beta: float = 2.0
     drafts: int = 4
-    draft_rows: int = 16
+    draft_rows: int = 64
     context_lines: int = 12
     batch_window_ms: float = 10.0
     max_batch: int = 64

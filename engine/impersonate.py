@@ -44,7 +44,7 @@ class ImpersonationConfig:
     voice: bool = True  # adapt to the speaker's voice memory when the model has one
     voice_beta: float = BETA  # trust in the model against the memory (engine/voice.py)
     drafts: int = 4  # drafts per attempt with a voice memory; the one most like the speaker is kept
-    max_rows: int = 16  # drafts generated together at most: under load, fewer drafts per message
+    max_rows: int = 64  # drafts generated together at most: under load, fewer drafts per message
 
     def __post_init__(self) -> None:
         SamplingConfig(self.temperature, self.top_k, self.top_p)  # validates
