@@ -20,8 +20,9 @@ more the memory explains the draft than the model alone does; engine/impersonate
 File layout (`model.voice.npz` beside the model, built at export time): `keys` uint64, sorted:
 (speaker id << 48) | the 6 bytes before a position, most recent in the top byte (so the last k bytes are the
 key's top k bytes and every order is one contiguous range); `next` uint8, the byte at that position;
-`names`, the speakers in id order; and the next-byte counts of every context seen more than `limit` times (so serving never counts a long range byte by byte). `adapt` does a whole batch in a few
-numpy calls per order.
+`names`, the speakers in id order; and the next-byte counts of every context seen more than `limit` times,
+so serving never counts a long range byte by byte. `adapt` does a whole batch, all orders at once, in a
+fixed number of numpy calls.
 """
 
 from __future__ import annotations
@@ -117,14 +118,18 @@ def build_voice_memory(records: Iterable[tuple[str, str]], path: str | Path, lin
     all_keys = np.concatenate(keys) if keys else np.empty(0, np.uint64)
     all_next = np.concatenate(nexts) if nexts else np.empty(0, np.uint8)
     order = np.argsort(all_keys, kind="stable")
-    all_keys, all_next = all_keys[order], all_next[order]
+    _write(path, all_keys[order], all_next[order], names, limit)
+    return len(names)
+
+
+def _write(path: str | Path, keys: np.ndarray, nexts: np.ndarray, names: list[str], limit: int) -> None:
+    """The file, written beside and renamed over `path`: a reader never sees half of one."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp.npz")
     with open(tmp, "wb") as f:
-        np.savez(f, keys=all_keys, next=all_next, names=np.array(names, dtype=str), limit=np.int64(limit),
-                 **_count_table(all_keys, all_next, limit))
+        np.savez(f, keys=keys, next=nexts, names=np.array(names, dtype=str), limit=np.int64(limit),
+                 **_count_table(keys, nexts, limit))
     tmp.replace(path)
-    return len(names)
 
 
 def forget_speaker(path: str | Path, name: str) -> bool:
@@ -138,13 +143,8 @@ def forget_speaker(path: str | Path, name: str) -> bool:
         return False
     sid = names.index(name)
     keep = (keys >> np.uint64(_SHIFT)) != np.uint64(sid)
-    keys, nexts = keys[keep], nexts[keep]
     names[sid] = ""
-    tmp = path.with_name(path.name + ".tmp.npz")
-    with open(tmp, "wb") as f:
-        np.savez(f, keys=keys, next=nexts, names=np.array(names, dtype=str), limit=np.int64(limit),
-                 **_count_table(keys, nexts, limit))
-    tmp.replace(path)
+    _write(path, keys[keep], nexts[keep], names, limit)
     return True
 
 
