@@ -186,7 +186,7 @@ def test_first_run_promotes_a_complete_version(trained: Path) -> None:
     name = reg.current()
     assert name is not None
     d = reg.versions / name
-    assert {MODEL_FILE, CHECKPOINT_FILE, "model.copyindex.npy", "manifest.json"} <= {p.name for p in d.iterdir()}
+    assert {MODEL_FILE, CHECKPOINT_FILE, "model.copyindex.npy", "model.voice.npz", "manifest.json"} <= {p.name for p in d.iterdir()}
     m = reg.manifest(name)
     assert m["parent"] is None and m["training"]["mode"] == "from-scratch" and m["training"]["why"] == "no current model"
     assert m["data"]["watermark"]["messages"] == 400 and m["data"]["valid_messages"] == 20
