@@ -48,6 +48,13 @@ def _fail(section: str, key: str, problem: str, source: str = "") -> ConfigError
     return ConfigError(f"{source}: {where} {problem}" if source else f"{where} {problem}")
 
 
+def _check(section: Any, checks: tuple[tuple[str, bool, str], ...]) -> None:
+    """Raise for the first (key, ok, problem) of a section's value checks that fails, naming the value."""
+    for key, ok, problem in checks:
+        if not ok:
+            raise _fail(section.SECTION, key, f"{problem} (got {getattr(section, key)})")
+
+
 # ---- sections ------------------------------------------------------------------------------------------
 
 
@@ -127,9 +134,7 @@ class GenerationSettings:
             ("batch_window_ms", 0 <= self.batch_window_ms <= 1000, "must be in [0, 1000]"),
             ("max_batch", self.max_batch >= 1, "must be at least 1"),
         )
-        for key, ok, problem in checks:
-            if not ok:
-                raise _fail(self.SECTION, key, f"{problem} (got {getattr(self, key)})")
+        _check(self, checks)
 
 
 @dataclass(frozen=True)
@@ -151,9 +156,7 @@ class LimitSettings:
             ("max_prompt_chars", self.max_prompt_chars >= 0, "must be 0 or more"),
             ("min_messages", self.min_messages >= 0, "must be 0 or more"),
         )
-        for key, ok, problem in checks:
-            if not ok:
-                raise _fail(self.SECTION, key, f"{problem} (got {getattr(self, key)})")
+        _check(self, checks)
 
 
 @dataclass(frozen=True)
@@ -270,9 +273,7 @@ class RetrainSettings:
             ("keep_versions", self.keep_versions >= 1, "must be at least 1"),
             ("tolerance", self.tolerance >= 0, "must be 0 or more"),
         )
-        for key, ok, problem in checks:
-            if not ok:
-                raise _fail(self.SECTION, key, f"{problem} (got {getattr(self, key)})")
+        _check(self, checks)
         if self.report_channel and not re.fullmatch(r"(slack|discord):[A-Za-z0-9]+", self.report_channel):
             raise _fail(self.SECTION, "report_channel", "must be \"slack:<channel id>\", \"discord:<channel id>\" "
                         f"or \"\" (got {self.report_channel!r})")
