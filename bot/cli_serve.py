@@ -67,7 +67,9 @@ def log_health(platform: str, settings: Settings, gate: ModelGate, stores: Store
         model = service.holder.get()
         log.info("model %s (%s): %d people, %s, %s", model.version, model.path, len(model.speakers),
                  "copy check on" if model.copy_index is not None else "no copy index",
-                 f"voice memory of {len(model.voice)} people" if model.voice is not None else "no voice memory")
+                 f"voice memory of {len(model.voice)} people"
+                 f"{' with its style ranker' if model.voice.style is not None else ''}"
+                 if model.voice is not None else "no voice memory")
     if stores is not None:
         log.info("message store %s: %d messages", stores.path, stores.store().message_count())
     if platform in ("slack", "discord"):

@@ -104,7 +104,7 @@ def impersonation_config(settings: Settings) -> ImpersonationConfig:
                                top_p=g.top_p if g.top_p < 1.0 else None, max_chars=g.max_chars,
                                min_messages=settings.limits.min_messages, max_attempts=g.max_attempts,
                                context_lines=g.context_lines, voice=g.voice_memory, voice_beta=g.voice_beta,
-                               drafts=g.drafts, max_rows=g.draft_rows)
+                               drafts=g.drafts, style=g.style_ranker, max_rows=g.draft_rows)
 
 
 class ModelGate:

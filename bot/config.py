@@ -115,6 +115,7 @@ class GenerationSettings:
     voice_memory: bool = True
     voice_beta: float = 2.0
     drafts: int = 4
+    style_ranker: bool = True
     draft_rows: int = 64
     context_lines: int = 12
     batch_window_ms: float = 10.0

@@ -47,6 +47,13 @@ def _voice_line(v: dict[str, Any]) -> str:
             f"by another speaker's (beta {v.get('beta', '?')}, {v['records']} messages)")
 
 
+def _served_line(s: dict[str, Any] | None) -> str:
+    if not s or not s["voice_memory"]:
+        return ", model alone"
+    keep = "the style ranker's choice" if s["style_ranker"] else "the one the memory explains best"
+    return f", voice memory, {s['drafts']} drafts: {keep}"
+
+
 def format_chat_report(r: dict[str, Any]) -> str:
     info, held, cls, systems = r["model_info"], r["held_out"], r["classifier"], r["systems"]
     cfg = r["config"]
@@ -59,7 +66,8 @@ def format_chat_report(r: dict[str, Any]) -> str:
            *([_voice_line(r["voice_check"])] if r.get("voice_check") else []),
            f"{len(cls['speakers'])} speakers with {cfg['min_messages']}+ held-out and training messages, "
            f"{cfg['samples']} messages generated as each (temperature {cfg['temperature']}, srand {cfg['srand']}"
-           f"{', context ' + str(cfg['context']) + ' lines' if cfg['context'] else ''}); classifier: {cls['kind']}",
+           f"{', context ' + str(cfg['context']) + ' lines' if cfg['context'] else ''}"
+           f"{_served_line(r.get('served_with'))}); classifier: {cls['kind']}",
            ""]
     head = f"{'':28}{'fidelity':>9}{'novel only':>11}{'copies>=40':>11}{'longest span':>13}{'whole copies':>13}  messages"
     out.append(head)

@@ -11,8 +11,9 @@ makes it), one report with:
   and the mean longest copied span, measured exactly (bot/eval_novelty.py);
 * the same figures for a per-speaker markovify chain on the same messages (bot/eval_markov.py).
 
-The model is measured as the bot serves it (with its voice memory, engine/voice.py, when it has one; a
-model exported without one gets the memory `mimic train --db` would have written), copy guard off (what it
+The model is measured as the bot serves it (with its voice memory, engine/voice.py, when it has one, and
+several drafts of which the memory's style ranker, engine/style.py, keeps one; a model exported without a
+memory gets the one `mimic train --db` would have written), copy guard off (what it
 writes) and on (what the bot posts), and also alone (no voice memory, one draft, guard on) so the memory's
 share is visible; the Markov chain raw and with markovify's own overlap test. The report is a plain dict (the `--json` file);
 bot/eval_report.py prints it. Work that crosses rooms (store, engine, scikit-learn) lives here, in bot/.
@@ -63,6 +64,7 @@ class EvalConfig:
     max_chars: int = 400
     show: int = 3  # sample messages printed per speaker
     voice: bool = True  # generate with the voice memory (and several drafts), as the bot does
+    style: bool = True  # and keep the draft the memory's style ranker prefers, as the bot does
 
     def __post_init__(self) -> None:
         if self.samples < 1 or self.min_messages < 1 or self.max_speakers < 2:
@@ -160,7 +162,7 @@ def _target(systems: dict[str, dict[str, Any]], ceiling: float) -> dict[str, Any
 
 
 def _generate_model(model: Any, split: Split, speakers: list[str], cfg: EvalConfig
-                    ) -> tuple[dict[str, Any], dict[str, Any] | None, list[str], dict[str, Any] | None]:
+                    ) -> tuple[dict[str, Any], dict[str, Any] | None, list[str], dict[str, Any] | None, dict[str, Any]]:
     """cfg.samples messages as each speaker, guard off and on (bot/eval_samples.py), as served and, when that
     uses a voice memory, by the model alone. A model without a copy index or voice memory gets the ones
     `mimic train --db` would have written, built from the store's training messages."""
@@ -174,7 +176,7 @@ def _generate_model(model: Any, split: Split, speakers: list[str], cfg: EvalConf
 
     notes = []
     imp = ImpersonationConfig(temperature=cfg.temperature, max_chars=cfg.max_chars, min_messages=0,
-                              context_lines=max(cfg.context, 1), voice=cfg.voice)
+                              context_lines=max(cfg.context, 1), voice=cfg.voice, style=cfg.style)
     contexts = _contexts(split, speakers, cfg.samples, cfg.context) if cfg.context else None
     seeds = {s: speaker_seed(cfg.srand, s) for s in speakers}
     with tempfile.TemporaryDirectory(prefix="mimic-eval-") as tmp:
@@ -189,6 +191,9 @@ def _generate_model(model: Any, split: Split, speakers: list[str], cfg: EvalConf
             voice = VoiceMemory(path)
             model = dataclasses.replace(model, voice=voice, generator=Generator(model.session, voice))
             notes.append("voice memory built from the store's training messages (the model had none)")
+        voiced = cfg.voice and model.voice is not None
+        served_with = {"voice_memory": voiced, "drafts": imp.drafts if voiced else 1,
+                       "style_ranker": voiced and cfg.style and model.voice.style is not None}
         log.info("generating %d messages as each of %d speakers", cfg.samples, len(speakers))
         served = model_samples(model, speakers, cfg.samples, seeds, imp, contexts)
         alone = check = None
@@ -199,7 +204,7 @@ def _generate_model(model: Any, split: Split, speakers: list[str], cfg: EvalConf
             check = voice_check(model.session, model.voice, split.valid, speakers, model.line_break, cfg.srand,
                                 slots=model.speakers.slots(), beta=imp.voice_beta)
         del model  # let go of the memory-mapped index before its folder is removed
-    return served, alone, notes, check
+    return served, alone, notes, check, served_with
 
 
 def evaluate_chat(model_path: str | Path, db_path: str | Path, cfg: EvalConfig = EvalConfig()) -> dict[str, Any]:
@@ -251,7 +256,7 @@ def evaluate_chat(model_path: str | Path, db_path: str | Path, cfg: EvalConfig =
     clock["classifier_and_index"] = time.monotonic() - t
 
     t = time.monotonic()
-    ours, alone, notes, voice = _generate_model(model, split, speakers, cfg)
+    ours, alone, notes, voice, served_with = _generate_model(model, split, speakers, cfg)
     clock["generate_model"] = time.monotonic() - t
     t = time.monotonic()
     markov = markov_samples({s: train_by[s] for s in speakers}, cfg.samples, cfg.srand, cfg.max_chars)
@@ -294,6 +299,7 @@ def evaluate_chat(model_path: str | Path, db_path: str | Path, cfg: EvalConfig =
                        "ceiling_micro": ceiling.micro, "held_out_scored": ceiling.scored},
         "built_for_eval": notes,
         "voice_check": voice,
+        "served_with": served_with,
         "systems": systems,
         "speakers": per_speaker,
         "target": _target(systems, ceiling.mean),

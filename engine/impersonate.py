@@ -10,9 +10,10 @@ record its writer's slot; the target's prefix likewise, then the opening words a
 target's slot. A speaker without a slot (0) is written for unconditioned, exactly as before.
 
 When the model comes with a voice memory (engine/voice.py), every draw is adapted toward how the target
-writes, and each attempt writes `drafts` drafts at once (one batch) and keeps the acceptable one the memory
-explains best, relative to the model alone: the one that sounds most like them. Each new attempt (all drafts
-were empty or copies) halves the memory's pull. Under load (more than max_rows drafts at once) each message
+writes, and each attempt writes `drafts` drafts at once (one batch) and keeps the acceptable one that reads
+most like them and least like anyone else (the memory's style ranker, engine/style.py; a memory without one
+keeps the draft it explains best relative to the model alone). Each new attempt (all drafts were empty or
+copies) halves the memory's pull. Under load (more than max_rows drafts at once) each message
 gets fewer drafts, so the same srand gives the same message only at the same load.
 """
 
@@ -44,6 +45,7 @@ class ImpersonationConfig:
     voice: bool = True  # adapt to the speaker's voice memory when the model has one
     voice_beta: float = BETA  # trust in the model against the memory (engine/voice.py)
     drafts: int = 4  # drafts per attempt with a voice memory; the one most like the speaker is kept
+    style: bool = True  # rank drafts by the memory's style ranker (engine/style.py) when it has one
     max_rows: int = 64  # drafts generated together at most: under load, fewer drafts per message
 
     def __post_init__(self) -> None:
@@ -182,9 +184,13 @@ def write_drafts(model: LoadedModel, prompts: Sequence[Prompt], user_prompts: Se
             owner.append(j)
     scores: list[float] = []
     raw = model.generator.generate_bytes(requests, sampling, scores)
+    ranker = model.voice.style if cfg.style and model.voice is not None else None
     out: list[list[tuple[str, float]]] = [[] for _ in prompts]
     for j, data, score in zip(owner, raw, scores, strict=True):
-        out[j].append((finish_text(model, user_prompts[j], data, cfg.max_chars), score))
+        text = finish_text(model, user_prompts[j], data, cfg.max_chars)
+        if ranker is not None and prompts[j].voice >= 0:
+            score = ranker.margin(text, prompts[j].voice)
+        out[j].append((text, score))
     return out
 
 

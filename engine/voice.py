@@ -20,8 +20,9 @@ more the memory explains the draft than the model alone does; engine/impersonate
 File layout (`model.voice.npz` beside the model, built at export time): `keys` uint64, sorted:
 (speaker id << 48) | the 6 bytes before a position, most recent in the top byte (so the last k bytes are the
 key's top k bytes and every order is one contiguous range); `next` uint8, the byte at that position;
-`names`, the speakers in id order; and the next-byte counts of every context seen more than `limit` times,
-so serving never counts a long range byte by byte. `adapt` does a whole batch, all orders at once, in a
+`names`, the speakers in id order; the next-byte counts of every context seen more than `limit` times,
+so serving never counts a long range byte by byte; and the word counts of the style ranker (engine/style.py),
+built from the same records, which picks among drafts. `adapt` does a whole batch, all orders at once, in a
 fixed number of numpy calls.
 """
 
@@ -34,6 +35,8 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import ModelLoadError
+from engine.ranges import ranges
+from engine.style import StyleRanker, build_style, without_speaker
 
 DEPTH = 6  # context bytes kept in a key
 ORDERS = range(3, DEPTH + 1)
@@ -61,13 +64,6 @@ def _keys(data: np.ndarray) -> np.ndarray:
     return keys
 
 
-def _ranges(starts: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For ranges [starts[i], starts[i] + sizes[i]): (the range each element belongs to, its position)."""
-    owner = np.repeat(np.arange(len(sizes)), sizes)
-    offsets = np.cumsum(sizes) - sizes
-    return owner, np.arange(int(sizes.sum())) - np.repeat(offsets, sizes) + np.repeat(starts, sizes)
-
-
 def _count_table(keys: np.ndarray, nexts: np.ndarray, limit: int) -> dict[str, np.ndarray]:
     """The next-byte counts of every context (of any order) seen more than `limit` times, so that serving never
     counts a long range byte by byte. A context is named by order and where its range starts in `keys`:
@@ -79,7 +75,7 @@ def _count_table(keys: np.ndarray, nexts: np.ndarray, limit: int) -> dict[str, n
         starts = np.flatnonzero(np.r_[True, prefix[1:] != prefix[:-1]]) if len(keys) else np.empty(0, np.int64)
         sizes = np.diff(np.r_[starts, len(keys)])
         big = sizes > limit
-        owner, pos = _ranges(starts[big], sizes[big])
+        owner, pos = ranges(starts[big], sizes[big])
         pairs, counts = np.unique(owner.astype(np.int64) * 256 + nexts[pos], return_counts=True)
         names.append(o * len(keys) + starts[big])
         nexts_out.append((pairs % 256).astype(np.uint8))
@@ -103,6 +99,8 @@ def build_voice_memory(records: Iterable[tuple[str, str]], path: str | Path, lin
             sizes[speaker] -= len(chunks[speaker].popleft())
     names = sorted(chunks)[: 1 << 16]
     keys, nexts = [], []
+    texts = {sid: [r[len(f"{name}: ".encode()):-1].decode("utf-8", "replace") for r in chunks[name]]
+             for sid, name in enumerate(names)}
     for sid, name in enumerate(names):
         data = np.frombuffer(b"".join(chunks[name]), np.uint8)
         # The "name: " that opens each record is context, never a byte to predict: counted, it would pull
@@ -118,17 +116,18 @@ def build_voice_memory(records: Iterable[tuple[str, str]], path: str | Path, lin
     all_keys = np.concatenate(keys) if keys else np.empty(0, np.uint64)
     all_next = np.concatenate(nexts) if nexts else np.empty(0, np.uint8)
     order = np.argsort(all_keys, kind="stable")
-    _write(path, all_keys[order], all_next[order], names, limit)
+    _write(path, all_keys[order], all_next[order], names, limit, build_style(texts, len(names)))
     return len(names)
 
 
-def _write(path: str | Path, keys: np.ndarray, nexts: np.ndarray, names: list[str], limit: int) -> None:
+def _write(path: str | Path, keys: np.ndarray, nexts: np.ndarray, names: list[str], limit: int,
+           style: dict[str, np.ndarray]) -> None:
     """The file, written beside and renamed over `path`: a reader never sees half of one."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp.npz")
     with open(tmp, "wb") as f:
         np.savez(f, keys=keys, next=nexts, names=np.array(names, dtype=str), limit=np.int64(limit),
-                 **_count_table(keys, nexts, limit))
+                 **_count_table(keys, nexts, limit), **style)
     tmp.replace(path)
 
 
@@ -139,12 +138,13 @@ def forget_speaker(path: str | Path, name: str) -> bool:
     path = Path(path)
     with np.load(path, allow_pickle=False) as f:
         keys, nexts, names, limit = f["keys"], f["next"], f["names"].tolist(), int(f["limit"])
+        style = {k: f[k] for k in f.files if k.startswith("style_")}
     if name not in names:
         return False
     sid = names.index(name)
     keep = (keys >> np.uint64(_SHIFT)) != np.uint64(sid)
     names[sid] = ""
-    _write(path, keys[keep], nexts[keep], names, limit)
+    _write(path, keys[keep], nexts[keep], names, limit, without_speaker(style, sid) if style else {})
     return True
 
 
@@ -156,6 +156,9 @@ class VoiceMemory:
             with np.load(path, allow_pickle=False) as f:
                 self.keys, self.next, names, self.limit = f["keys"], f["next"], f["names"], int(f["limit"])
                 self.table = (f["table_keys"], f["table_offsets"], f["table_next"], f["table_count"])
+                # A memory written before the style ranker existed has none: drafts are then ranked by the
+                # memory alone.
+                self.style = StyleRanker(f) if "style_keys" in f.files else None
         except (OSError, ValueError, KeyError) as exc:
             raise ModelLoadError(f"{path}: unreadable voice memory ({exc})") from exc
         if self.keys.dtype != np.uint64 or self.next.dtype != np.uint8 or len(self.keys) != len(self.next):
@@ -221,7 +224,7 @@ class VoiceMemory:
         entry per position; long ones from the table, one entry per different byte."""
         big = n > self.limit
         short = np.where(big, 0, n)
-        owner, pos = _ranges(a, short)
+        owner, pos = ranges(a, short)
         data = self.next[pos].astype(np.int64)
         # Different bytes in a short range: its bytes in a row of a small padded matrix, sorted.
         grid = np.full((len(n), max(self.limit, 1)), -1, dtype=np.int64)
@@ -235,6 +238,6 @@ class VoiceMemory:
         j = np.searchsorted(tkeys, which // (len(n) // len(ORDERS)) * len(self.keys) + a[which])
         lo, hi = offsets[j], offsets[j + 1]
         distinct[which] = hi - lo
-        towner, tpos = _ranges(lo, hi - lo)
+        towner, tpos = ranges(lo, hi - lo)
         return (np.concatenate([owner, which[towner]]), np.concatenate([data, tnext[tpos].astype(np.int64)]),
                 np.concatenate([np.ones(len(pos)), tcount[tpos]]), distinct)

@@ -151,3 +151,13 @@ def test_admins_and_rules_per_platform(tmp_path: Path) -> None:
     assert s.admins("console") == frozenset()
     assert not s.speak_rules("slack").allows("C1", "general", "public")
     assert s.speak_rules("discord").allows("1", "general", "public")
+
+
+def test_generation_settings_reach_the_engine(tmp_path: Path) -> None:
+    from bot.commands import impersonation_config
+
+    default = impersonation_config(load_settings(None, {}))
+    assert default.voice and default.style and default.drafts == 4 and default.max_rows == 64
+    path = write(tmp_path, "[generation]\nvoice_memory = false\nstyle_ranker = false\ndrafts = 2\nvoice_beta = 3.5\n")
+    cfg = impersonation_config(load_settings(path, {}))
+    assert (cfg.voice, cfg.style, cfg.drafts, cfg.voice_beta) == (False, False, 2, 3.5)

@@ -157,12 +157,14 @@ def test_guarded_messages_are_what_impersonate_posts(chat: dict[str, Path]) -> N
 
 def test_served_with_the_voice_memory_and_alone_without(chat: dict[str, Path], report: dict, tmp_path: Path) -> None:
     """`mimic train --db` writes a voice memory beside the model; the report scores the model as served (with
-    it) and alone; --no-voice scores the model alone only; a model without one gets it built for the eval."""
+    it, drafts kept by its style ranker) and alone; --no-voice scores the model alone only, --no-style keeps the
+    draft the memory explains best; a model without a memory gets it built for the eval."""
     from engine.voice import voice_path_for
 
     memory = voice_path_for(chat["model"])
     assert memory.exists() and report["built_for_eval"] == []
     assert report["config"]["voice"] is True and "mimic_alone" in report["systems"]
+    assert report["served_with"] == {"voice_memory": True, "drafts": 4, "style_ranker": True}
     check = report["voice_check"]  # the same held-out texts as the speaker check, so the same network figure
     assert check["network"] == pytest.approx(report["speaker_name_gain"]["right_name"], rel=1e-6)
     assert check["own"] < check["other"]  # four people with distinct styles: each one's memory is theirs
@@ -170,6 +172,12 @@ def test_served_with_the_voice_memory_and_alone_without(chat: dict[str, Path], r
     assert main(["eval", str(chat["model"]), "--db", str(chat["db"]), *ARGS, "--no-voice", "--json", str(out)]) == 0
     plain = json.loads(out.read_text())
     assert "mimic_alone" not in plain["systems"] and plain["voice_check"] is None
+    assert plain["served_with"] == {"voice_memory": False, "drafts": 1, "style_ranker": False}
+    out = tmp_path / "unranked.json"
+    assert main(["eval", str(chat["model"]), "--db", str(chat["db"]), *ARGS, "--no-style", "--json", str(out)]) == 0
+    unranked = json.loads(out.read_text())
+    assert unranked["served_with"] == {"voice_memory": True, "drafts": 4, "style_ranker": False}
+    assert unranked["systems"]["mimic_alone"] == report["systems"]["mimic_alone"]  # one draft: nothing to rank
     assert plain["speakers"]["ada"]["messages"]["mimic_guarded"] == report["speakers"]["ada"]["messages"]["mimic_alone"]
     bare = tmp_path / "bare"
     bare.mkdir()
