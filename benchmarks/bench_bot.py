@@ -205,7 +205,8 @@ def real_audience(db: Path) -> tuple[list[str], tuple[str, str, str]]:
 
 
 def time_voice_memory(memory: VoiceMemory, records: list[tuple[str, str]]) -> None:
-    """The memory's cost per generation step: adapting one row, and a batch of 128, with real contexts."""
+    """The memory's cost per generation step (adapting one row, and a batch of 128, with real contexts), and its
+    style ranker's per draft."""
     contexts = [(s, f"{s}: {t}".encode()[:n]) for s, t in records for n in range(len(s) + 2, len(s) + 40, 5)]
     for rows in (1, 4, 32, 128):
         probs = np.full((rows, 256), 1 / 256)
@@ -214,6 +215,12 @@ def time_voice_memory(memory: VoiceMemory, records: list[tuple[str, str]]) -> No
         for batch in batches:
             memory.adapt(probs, [memory.speaker_id(s) for s, _ in batch], [c for _, c in batch], [2.0] * rows)
         print(f"adapt {rows} row(s): {(time.perf_counter() - start) / len(batches) * 1e6:.0f} µs per step")
+    if memory.style is not None:  # once per draft, on its finished text
+        start = time.perf_counter()
+        for s, t in records:
+            memory.style.margin(t, memory.speaker_id(s))
+        print(f"style ranker: {(time.perf_counter() - start) / len(records) * 1e6:.0f} µs per draft "
+              f"({statistics.mean(len(t) for _, t in records):.0f} chars on average)")
 
 
 def serve(args: argparse.Namespace, tmp_name: str, db: Path, model: Path, what: str, voice: bool, people: list[str],

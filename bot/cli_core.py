@@ -179,7 +179,7 @@ def run_eval(args: argparse.Namespace) -> int:
         cfg = evaluation.EvalConfig(samples=args.samples, min_messages=args.min_messages,
                                     max_speakers=args.max_speakers, srand=args.srand, temperature=args.temp,
                                     context=args.context, valid_fraction=args.valid_fraction, show=args.show,
-                                    voice=not args.no_voice, style=not args.no_style)
+                                    voice=not args.no_voice, style=not args.no_style, drafts=args.drafts)
         report = evaluation.evaluate_chat(args.model, args.db, cfg)
         print(eval_report.format_chat_report(report))
     else:
@@ -238,6 +238,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--show", type=int, default=3, metavar="N", help="sample messages printed per speaker (default 3)")
     p.add_argument("--no-voice", action="store_true",
                    help="generate with the model alone, without its voice memory (the bot uses the memory)")
+    p.add_argument("--drafts", type=int, default=4, metavar="N",
+                   help="drafts per attempt with the voice memory (default 4, as the bot writes them)")
     p.add_argument("--no-style", action="store_true",
                    help="keep the draft the voice memory explains best, not the style ranker's (the bot uses the ranker)")
     p.add_argument("--plot", metavar="RUN_DIR", help="write the training curve of a run directory as a PNG")

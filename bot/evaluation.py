@@ -65,10 +65,11 @@ class EvalConfig:
     show: int = 3  # sample messages printed per speaker
     voice: bool = True  # generate with the voice memory (and several drafts), as the bot does
     style: bool = True  # and keep the draft the memory's style ranker prefers, as the bot does
+    drafts: int = 4  # drafts per attempt with the voice memory (the bot's default)
 
     def __post_init__(self) -> None:
-        if self.samples < 1 or self.min_messages < 1 or self.max_speakers < 2:
-            raise UsageError("--samples and --min-messages must be at least 1, --max-speakers at least 2")
+        if self.samples < 1 or self.min_messages < 1 or self.max_speakers < 2 or self.drafts < 1:
+            raise UsageError("--samples, --min-messages and --drafts must be at least 1, --max-speakers at least 2")
         if self.context < 0 or self.show < 0:
             raise UsageError("--context and --show must be zero or more")
         if not (self.temperature > 0 and math.isfinite(self.temperature)):
@@ -176,7 +177,8 @@ def _generate_model(model: Any, split: Split, speakers: list[str], cfg: EvalConf
 
     notes = []
     imp = ImpersonationConfig(temperature=cfg.temperature, max_chars=cfg.max_chars, min_messages=0,
-                              context_lines=max(cfg.context, 1), voice=cfg.voice, style=cfg.style)
+                              context_lines=max(cfg.context, 1), voice=cfg.voice, style=cfg.style,
+                              drafts=cfg.drafts)
     contexts = _contexts(split, speakers, cfg.samples, cfg.context) if cfg.context else None
     seeds = {s: speaker_seed(cfg.srand, s) for s in speakers}
     with tempfile.TemporaryDirectory(prefix="mimic-eval-") as tmp:

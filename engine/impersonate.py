@@ -11,8 +11,8 @@ target's slot. A speaker without a slot (0) is written for unconditioned, exactl
 
 When the model comes with a voice memory (engine/voice.py), every draw is adapted toward how the target
 writes, and each attempt writes `drafts` drafts at once (one batch) and keeps the acceptable one that reads
-most like them and least like anyone else (the memory's style ranker, engine/style.py; a memory without one
-keeps the draft it explains best relative to the model alone). Each new attempt (all drafts were empty or
+most like them and least like anyone else (the memory's style ranker, engine/style.py; a memory without one,
+or a team with no other regular writer, keeps the draft the memory explains best relative to the model alone). Each new attempt (all drafts were empty or
 copies) halves the memory's pull. Under load (more than max_rows drafts at once) each message
 gets fewer drafts, so the same srand gives the same message only at the same load.
 """
@@ -188,7 +188,7 @@ def write_drafts(model: LoadedModel, prompts: Sequence[Prompt], user_prompts: Se
     out: list[list[tuple[str, float]]] = [[] for _ in prompts]
     for j, data, score in zip(owner, raw, scores, strict=True):
         text = finish_text(model, user_prompts[j], data, cfg.max_chars)
-        if ranker is not None and prompts[j].voice >= 0:
+        if ranker is not None and prompts[j].voice >= 0 and ranker.ranks(prompts[j].voice):
             score = ranker.margin(text, prompts[j].voice)
         out[j].append((text, score))
     return out

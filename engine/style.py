@@ -98,6 +98,10 @@ class StyleRanker:
         sid = (self.keys[pos] & np.uint64(0xFFFF)).astype(np.int64)
         return n * self.unseen + np.bincount(sid, gain, minlength=len(self.total)), n
 
+    def ranks(self, speaker: int) -> bool:
+        """Whether drafts written as `speaker` can be told apart: someone else must be a rival."""
+        return bool((self.rivals != speaker).any())
+
     def margin(self, text: str, speaker: int) -> float:
         """Per word: log P(text | speaker) minus the best log P(text | rival), rivals other than `speaker`."""
         ll, n = self.log_likelihoods(text)

@@ -1,7 +1,9 @@
 """Darknet char-RNN files: read a `.cfg` + `.weights` pair as Mimic's darknet-rnn, and write one back.
 
 Follows ../shared/notes/darknet.md (pjreddie/darknet) exactly. The only network shape accepted is the one
-`cfg/rnn.cfg` describes: `[net]`, N x `[rnn]`, one `[connected]` to 256, one `[softmax]`.
+`cfg/rnn.cfg` describes: `[net]`, N x `[rnn]`, one `[connected]` to 256, one `[softmax]`, and optionally a
+`[cost]` after it, as older copies of rnn.cfg have: it holds no weights and Darknet's output skips it
+(get_network_output_layer), so it changes nothing at inference and is read and ignored.
 
 `.weights` layout (little-endian, no padding):
     int32 major, minor, revision
@@ -43,7 +45,7 @@ CUTOFF = 0.0001  # `rnn generate` zeroes probabilities below this before samplin
 
 # Section names Darknet's parser accepts for the layers we support (parser.c string_to_layer_type).
 SECTION_KINDS = {"[net]": "net", "[network]": "net", "[rnn]": "rnn", "[connected]": "connected",
-                 "[conn]": "connected", "[softmax]": "softmax", "[soft]": "softmax"}
+                 "[conn]": "connected", "[softmax]": "softmax", "[soft]": "softmax", "[cost]": "cost"}
 # Every [net] key pjreddie's parse_net_options reads. Only `inputs` (or height*width*channels) matters for
 # inference; the rest are training and image settings, accepted and ignored.
 NET_OPTIONS = frozenset({
@@ -56,6 +58,7 @@ LAYER_OPTIONS = {
     "rnn": frozenset({"output", "hidden", "activation", "batch_normalize", "shortcut"}),
     "connected": frozenset({"output", "activation", "batch_normalize"}),
     "softmax": frozenset({"temperature", "groups"}),
+    "cost": frozenset({"type", "scale", "ratio", "noobj", "thresh"}),  # parse_cost's; all training-only
 }
 DARKNET_ACTIVATIONS = frozenset({"logistic", "loggy", "relu", "elu", "selu", "relie", "plse", "hardtan", "lhtan",
                                  "linear", "ramp", "leaky", "tanh", "stair"})
@@ -137,7 +140,8 @@ def read_sections(text: str, name: str) -> list[Section]:
 
 
 def parse_cfg_text(text: str, name: str = "the cfg") -> DarknetCfg:
-    """Parse a Darknet char-RNN cfg; anything outside [net], [rnn]*N, [connected], [softmax] is a BadConfigError."""
+    """Parse a Darknet char-RNN cfg; anything outside [net], [rnn]*N, [connected], [softmax], [cost] is a
+    BadConfigError."""
     sections = read_sections(text, name)
     if not sections or SECTION_KINDS.get(sections[0].name) != "net":
         raise BadConfigError(f"{name}: the first section must be [net] (is this a Darknet .cfg?)")
@@ -148,10 +152,13 @@ def parse_cfg_text(text: str, name: str = "the cfg") -> DarknetCfg:
     _check_inputs(net, name)
     kinds = [SECTION_KINDS[s.name] for s in sections[1:]]
     n_rnn = next((i for i, k in enumerate(kinds) if k != "rnn"), len(kinds))
-    if n_rnn == 0 or kinds[n_rnn:] != ["connected", "softmax"]:
+    if n_rnn == 0 or kinds[n_rnn:] not in (["connected", "softmax"], ["connected", "softmax", "cost"]):
         shape = " + ".join(s.name for s in sections[1:]) or "no layers"
         raise BadConfigError(f"{name}: the network is {shape}; Mimic runs Darknet char-RNNs shaped like "
-                             "cfg/rnn.cfg: one or more [rnn], then one [connected] with output=256, then [softmax]")
+                             "cfg/rnn.cfg: one or more [rnn], then one [connected] with output=256, then [softmax] "
+                             "(and optionally [cost])")
+    if kinds[-1] == "cost":
+        log.info("%s: %s is ignored: it only affects training", name, sections[-1].label)
     rnns, connected, softmax = sections[1:1 + n_rnn], sections[1 + n_rnn], sections[2 + n_rnn]
     hidden, activation, batch_norm = _rnn_settings(rnns, name)
     final_activation = _connected_settings(connected, name)
@@ -172,9 +179,8 @@ def parse_cfg(path: str | Path) -> DarknetCfg:
 def _check_known(s: Section, name: str) -> None:
     kind = SECTION_KINDS.get(s.name)
     if kind is None:
-        hint = " ([cost] only affects training: delete it)" if s.name == "[cost]" else ""
-        raise BadConfigError(f"{name}: {s.label}: layer type {s.name} is not supported{hint}; Mimic reads "
-                             "[net], [rnn], [connected] and [softmax]")
+        raise BadConfigError(f"{name}: {s.label}: layer type {s.name} is not supported; Mimic reads "
+                             "[net], [rnn], [connected], [softmax] and [cost]")
     if kind == "net":
         raise BadConfigError(f"{name}: {s.label}: a second [net] section; keep only the first")
     _check_options(s, LAYER_OPTIONS[kind], name)

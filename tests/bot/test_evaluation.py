@@ -158,7 +158,7 @@ def test_guarded_messages_are_what_impersonate_posts(chat: dict[str, Path]) -> N
 def test_served_with_the_voice_memory_and_alone_without(chat: dict[str, Path], report: dict, tmp_path: Path) -> None:
     """`mimic train --db` writes a voice memory beside the model; the report scores the model as served (with
     it, drafts kept by its style ranker) and alone; --no-voice scores the model alone only, --no-style keeps the
-    draft the memory explains best; a model without a memory gets it built for the eval."""
+    draft the memory explains best, --drafts sets how many; a model without a memory gets it built for the eval."""
     from engine.voice import voice_path_for
 
     memory = voice_path_for(chat["model"])
@@ -174,9 +174,10 @@ def test_served_with_the_voice_memory_and_alone_without(chat: dict[str, Path], r
     assert "mimic_alone" not in plain["systems"] and plain["voice_check"] is None
     assert plain["served_with"] == {"voice_memory": False, "drafts": 1, "style_ranker": False}
     out = tmp_path / "unranked.json"
-    assert main(["eval", str(chat["model"]), "--db", str(chat["db"]), *ARGS, "--no-style", "--json", str(out)]) == 0
+    assert main(["eval", str(chat["model"]), "--db", str(chat["db"]), *ARGS, "--no-style", "--drafts", "2",
+                 "--json", str(out)]) == 0
     unranked = json.loads(out.read_text())
-    assert unranked["served_with"] == {"voice_memory": True, "drafts": 4, "style_ranker": False}
+    assert unranked["served_with"] == {"voice_memory": True, "drafts": 2, "style_ranker": False}
     assert unranked["systems"]["mimic_alone"] == report["systems"]["mimic_alone"]  # one draft: nothing to rank
     assert plain["speakers"]["ada"]["messages"]["mimic_guarded"] == report["speakers"]["ada"]["messages"]["mimic_alone"]
     bare = tmp_path / "bare"
@@ -236,6 +237,7 @@ def _one_line_error(capsys: pytest.CaptureFixture, needle: str) -> None:
     (["eval"], "usage: mimic eval"),
     (["eval", "{model}", "--db", "{db}", "--png", "{root}/x.png"], "--png goes with --plot"),
     (["eval", "{model}", "--db", "{db}", "--samples", "0"], "--samples"),
+    (["eval", "{model}", "--db", "{db}", "--drafts", "0"], "--drafts"),
     (["eval", "{model}", "--db", "{db}", "--temp", "0"], "temperature"),
     (["eval", "{root}/missing.onnx", "--db", "{db}"], "no such model file"),
     (["eval", "{plain}", "--db", "{db}"], "knows no speakers"),

@@ -132,3 +132,18 @@ def test_the_ranker_keeps_drafts_that_are_not_someone_elses(unconditioned_chat_r
 
     ranked, unranked = wrong(True), wrong(False)
     assert ranked < unranked and ranked <= 2
+
+
+def test_with_no_other_regular_writer_drafts_keep_the_memorys_score(chat_run: Path, tmp_path: Path) -> None:
+    from tests.engine.conftest import chat_messages
+
+    path = tmp_path / "m.voice.npz"
+    build_voice_memory([m for m in chat_messages() if m[0] == "ann"] + [("bob", "ship it")], path, LB)
+    memory = VoiceMemory(path)
+    assert not memory.style.ranks(memory.speaker_id("ann")) and memory.style.ranks(memory.speaker_id("bob"))
+    model = load_model(chat_run / "model.onnx")
+    model = dataclasses.replace(model, voice=memory, generator=type(model.generator)(model.session, memory))
+    cfg = ImpersonationConfig(temperature=0.9, min_messages=0)
+    prompt = build_prompt(model, model.speakers.find("ann"), None, None, 1)
+    args = (model, [prompt], [None], [(5, 0)], 1, SamplingConfig(0.9))
+    assert write_drafts(*args, cfg) == write_drafts(*args, dataclasses.replace(cfg, style=False))

@@ -144,6 +144,20 @@ def test_hidden_is_ignored_like_darknet_does(caplog: pytest.LogCaptureFixture) -
     assert "hidden=7 is ignored" in caplog.text
 
 
+def test_a_trailing_cost_layer_is_read_and_ignored(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Older copies of rnn.cfg end with [cost] type=sse: no weights, and Darknet's output skips it."""
+    with caplog.at_level(logging.INFO, logger="export.darknet"):
+        cfg = parse_cfg_text(RNN_CFG + "[cost]\ntype=sse\nscale=1\n", "old-rnn.cfg")
+    assert cfg == parse_cfg_text(RNN_CFG, "old-rnn.cfg")
+    assert "section 6 [cost] is ignored" in caplog.text
+    plain, weights = write_pair(tmp_path, random_net(hidden=16, layers=2), seen=7)
+    costed = tmp_path / "costed.cfg"
+    costed.write_text(plain.read_text() + "\n[cost]\ntype=sse\n")
+    a, b = load_darknet(plain, weights), load_darknet(costed, weights)
+    assert a.config == b.config and a.weights.keys() == b.weights.keys()
+    assert all(np.array_equal(a.weights[k], b.weights[k]) for k in a.weights)
+
+
 def test_default_activation_is_logistic_and_aliases_are_accepted() -> None:
     text = "[network]\ninputs=256\n# comment\n; another\n[rnn]\noutput=8\n[conn]\noutput=256\n[soft]\ntemperature=.5\n"
     cfg = parse_cfg_text(text)
@@ -233,7 +247,9 @@ def test_weights_given_as_the_cfg_is_a_clear_error(pair) -> None:
 
 BAD_CFGS = [
     (RNN_CFG.replace("[connected]", "[convolutional]"), r"section 4 \[convolutional\]: layer type"),
-    (RNN_CFG + "[cost]\ntype=sse\n", r"section 6 \[cost\].*delete it"),
+    (RNN_CFG + "[cost]\ntype=sse\nnoobject=1\n", r"section 6 \[cost\]: option 'noobject' is not supported"),
+    (RNN_CFG.replace("[softmax]\n", "[cost]\n[softmax]\n"), r"\[connected\] \+ \[cost\] \+ \[softmax\]; Mimic"),
+    (RNN_CFG + "[cost]\n[cost]\n", r"\[softmax\] \+ \[cost\] \+ \[cost\]; Mimic runs"),
     (RNN_CFG.replace("activation=leaky\n\n[connected]", "activation=leaky\nlogistic=1\n\n[connected]"),
      r"section 3 \[rnn\]: option 'logistic' is not supported"),
     (RNN_CFG.replace("output=256\n", "output=256\ndropout=.5\n"), r"section 4 \[connected\]: option 'dropout'"),
