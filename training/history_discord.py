@@ -7,12 +7,14 @@ request, the API's maximum). Each message goes through the conversion live captu
 (training/discord_objects.py `dce_message`, then training/ingest_discord.py `DiscordConverter`), so a
 message fetched here, captured live, or imported from a DiscordChatExporter file is stored as the same row.
 
-Channels: by default every public text or announcement channel the bot can read (View Channel and Read
-Message History) in every guild it is in, or in `guilds`, each followed by its public threads: the guild's
-active ones (`Guild.active_threads()`) and the channel's archived ones (`archived_threads(limit=None)`), oldest
-first. `channels` lists what to fetch instead, as `[discord] learn_channels` does: "public" for that default,
-channel or thread ids, "#names" (a channel's, or an active or archived public thread's of a channel the bot
-can read); private channels, private threads and DMs are fetched only when listed, private threads by id.
+Channels: by default every public text, announcement or forum (and media) channel the bot can read (View
+Channel and Read Message History) in every guild it is in, or in `guilds`, each followed by its public
+threads: the guild's active ones (`Guild.active_threads()`) and the channel's archived ones
+(`archived_threads(limit=None)`), oldest first. A forum has no messages of its own: its posts are public
+threads whose parent it is, so only they are fetched. `channels` lists what to fetch instead, as `[discord]
+learn_channels` does: "public" for that default, channel or thread ids, "#names" (a channel's, or an active
+or archived public thread's of a channel the bot can read); a forum listed by id or name stands for all its
+public posts. Private channels, private threads and DMs are fetched only when listed, private threads by id.
 A thread is a channel of its own here, as in a DiscordChatExporter export of it: stored under its own id
 and name, kind "thread", with its own watermark. A 403 or 404 on listing threads is a warning.
 
@@ -58,6 +60,8 @@ PAGE_SIZE = 100  # messages per request, what discord.py asks for with limit=Non
 BATCH_SIZE = 1000  # fetched messages per stored batch: an interrupted run fetches at most this many again
 _TEXT_TYPES = (discord.MessageType.default, discord.MessageType.reply)
 _READABLE_TYPES = (discord.TextChannel,)  # by default text and announcement channels, not voice-channel chat
+_FORUM_TYPES = (discord.ForumChannel,)  # forum and media channels: no history of their own, only their posts
+_PARENT_TYPES = _READABLE_TYPES + _FORUM_TYPES  # what `_select` picks from a guild: the channels and the forums
 _PUBLIC_THREADS = (discord.ChannelType.public_thread, discord.ChannelType.news_thread)
 
 
@@ -136,7 +140,7 @@ def _readable(channel: Any, me: discord.Member | None) -> bool:
 async def _select(client: discord.Client, guilds: _Guilds, wanted: list[str] | None, guild_ids: list[int] | None,
                   report: IngestReport) -> list[Any]:
     """The channels and threads to fetch, in guild order then channel order, each thread right after its
-    parent channel, each once."""
+    parent channel, each once. A forum chosen stands for its posts, which follow it; it is left out itself."""
     entries = [e.strip() for e in (wanted if wanted is not None else [PUBLIC]) if e.strip()]
     names = {e.removeprefix("#") for e in entries if e != PUBLIC and not e.isdigit()}  # "#public" is a name
     chosen: dict[int, Any] = {}
@@ -158,33 +162,52 @@ async def _select(client: discord.Client, guilds: _Guilds, wanted: list[str] | N
         except (discord.NotFound, discord.Forbidden) as exc:
             report.warn(f"Discord channel {channel_id}: {_why(exc)}; skipped")
             continue
-        if not hasattr(channel, "history"):  # a category, a forum: their messages are in their threads
+        if isinstance(channel, _FORUM_TYPES):
+            chosen[channel_id] = channel
+            for post in await _forum_posts(guilds, channel, report):
+                chosen.setdefault(post.id, post)
+            continue
+        if not hasattr(channel, "history"):  # a category: its messages are in its channels
             report.warn(f"Discord channel {channel_id} ({getattr(channel, 'name', '?')}) has no messages of its "
                         "own; skipped")
             continue
         chosen[channel_id] = channel
-    return list(chosen.values())
+    # The forums stay in `chosen` until here so that their names count as found and a forum listed twice (by
+    # name and id, or "public" and id) is listed once; they have no history to fetch.
+    return [c for c in chosen.values() if not isinstance(c, _FORUM_TYPES)]
 
 
 async def _from_guild(client: discord.Client, guilds: _Guilds, guild: discord.Guild, public: bool, names: set[str],
                       report: IngestReport) -> list[Any]:
-    """One guild's share of the selection: the public channels the bot can read (when `public`) with their
-    public threads, and the channels and public threads named in `names`."""
-    channels = [c for c in await guilds.channels(guild) if isinstance(c, _READABLE_TYPES)]
+    """One guild's share of the selection: the public channels and forums the bot can read (when `public`) with
+    their public threads, the channels and public threads named in `names`, and the forums named there with
+    all their public threads (posts)."""
+    channels = [c for c in await guilds.channels(guild) if isinstance(c, _PARENT_TYPES)]
     me = await guilds.member(guild, client.user.id) if client.user else None
-    readable = [c for c in channels if _readable(c, me)]
-    defaults = {c.id for c in readable if public and channel_kind(c) == "public"}
+    readable = {c.id for c in channels if _readable(c, me)}
+    defaults = {c.id for c in channels if public and c.id in readable and channel_kind(c) == "public"}
     for channel in channels:
         if public and channel_kind(channel) == "public" and channel.id not in defaults:
             log.info("Discord channel #%s (%s): the bot may not read its history; skipped", channel.name, channel.id)
+    # Every thread of these: a forum named is tried even when the bot seems not to read it, as a channel named
+    # is, so that a refusal is a warning rather than silence.
+    whole = defaults | {c.id for c in channels if isinstance(c, _FORUM_TYPES) and c.name in names}
     # A name may be a thread's, so names look through the threads of every channel the bot can read.
-    threads = await _public_threads(guild, readable if names else [c for c in readable if c.id in defaults], report)
+    listed = [c for c in channels if c.id in whole or (names and c.id in readable)]
+    threads = await _public_threads(guild, listed, report)
     selected: list[Any] = []
     for channel in channels:
         if channel.id in defaults or channel.name in names:
-            selected.append(channel)
-        selected += [t for t in threads if t.parent_id == channel.id and (channel.id in defaults or t.name in names)]
+            selected.append(channel)  # a forum too: `_select` leaves it out once its posts are placed
+        selected += [t for t in threads if t.parent_id == channel.id and (channel.id in whole or t.name in names)]
     return selected
+
+
+async def _forum_posts(guilds: _Guilds, forum: discord.ForumChannel, report: IngestReport) -> list[discord.Thread]:
+    """A listed forum's public posts. `fetch_channel` gives the forum a placeholder guild (no name, no gateway),
+    so the threads are listed through the guild fetched."""
+    guild = await guilds.get(forum.guild.id, report)
+    return await _public_threads(guild, [forum], report) if guild is not None else []
 
 
 async def _public_threads(guild: discord.Guild, parents: list[Any], report: IngestReport) -> list[discord.Thread]:

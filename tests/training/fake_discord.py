@@ -3,9 +3,14 @@
 discord.py is pointed at it by replacing `discord.http.Route.BASE` (see `serve`). It serves what a REST-only
 client uses: `/users/@me` (401 for any token but TOKEN), `/oauth2/applications/@me`, `/users/@me/guilds`,
 `/guilds/{id}`, `/guilds/{id}/channels`, `/guilds/{id}/members/{user}`, `/channels/{id}` (404 Unknown Channel,
-403 Missing Access) and `/channels/{id}/messages` with Discord's `after`/`limit` semantics (the `limit`
-messages right after `after`, newest first). Every request is recorded with its query, so tests can assert
+403 Missing Access), `/channels/{id}/messages` with Discord's `after`/`limit` semantics (the `limit`
+messages right after `after`, newest first), and the thread listings: `/guilds/{id}/threads/active` and
+`/channels/{id}/threads/archived/public`. Every request is recorded with its query, so tests can assert
 the `after` a second run sends; `rate_limit_once` answers one request of a path with a 429 first.
+
+A guild may have forum (type 15) and media (type 16) channels, `forum_channel`: their posts are threads in
+`threads` whose `parent_id` is the forum's id, listed as any thread is, and a forum has no messages of its own
+(its `/messages` answers 403 here, so a test sees a request that should not be made fail loudly).
 
 Payload shapes follow discord-api-docs (chat-formats.md §5); message ids are snowflakes made from their
 times, as Discord's are, because discord.py reads `created_at` from the id.
@@ -35,6 +40,7 @@ BOT_ID, ADA, GRACE, LINUS, HOOK = ("830000000000000001", "830000000000000002", "
                                    "830000000000000004", "830000000000000005")
 ROLE_DEVS = "840000000000000001"
 VIEW, READ_HISTORY = 1 << 10, 1 << 16
+FORUM_KINDS = (15, 16)  # forum and media channels
 START = datetime(2024, 1, 2, 9, 0, tzinfo=UTC)
 
 
@@ -76,7 +82,16 @@ def text_channel(cid: str, name: str, position: int, *, hidden: bool = False, bo
             "rate_limit_per_user": 0}
     if kind == 2:
         data.update(bitrate=64000, user_limit=0, rtc_region=None)
+    if kind in FORUM_KINDS:
+        data.update(available_tags=[], default_reaction_emoji=None, default_sort_order=None,
+                    default_forum_layout=0, default_auto_archive_duration=1440, flags=0)
     return data
+
+
+def forum_channel(cid: str, name: str, position: int, *, hidden: bool = False, media: bool = False
+                  ) -> dict[str, Any]:
+    """A forum (or media) channel; its posts are threads with it as `parent_id` (see `public_thread`)."""
+    return text_channel(cid, name, position, hidden=hidden, kind=16 if media else 15)
 
 
 def default_messages() -> dict[str, list[dict[str, Any]]]:
@@ -180,6 +195,8 @@ class FakeDiscord:
             return 200, channel
         if m := re.fullmatch(r"/channels/(\d+)/messages", path):
             if m[1] in self.forbidden:
+                return 403, {"message": "Missing Access", "code": 50001}
+            if self.channels.get(m[1], {}).get("type") in FORUM_KINDS:  # a forum's messages are its posts'
                 return 403, {"message": "Missing Access", "code": 50001}
             if m[1] not in self.channels and m[1] not in self.threads:
                 return 404, {"message": "Unknown Channel", "code": 10003}

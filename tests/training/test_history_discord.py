@@ -28,6 +28,7 @@ from tests.training.fake_discord import (
     THREAD,
     TOKEN,
     FakeDiscord,
+    forum_channel,
     message,
     public_thread,
     serve,
@@ -41,6 +42,9 @@ from training.store import ChannelRecord, Store
 
 ARCHIVED, NEWS_THREAD, PRIVATE_THREAD, LOCKED_THREAD = (
     "820000000000000011", "820000000000000012", "820000000000000013", "820000000000000014")
+FORUM, OLD_POST, NEW_POST, STAFF_FORUM, STAFF_POST, MEDIA, MEDIA_POST = (
+    "820000000000000021", "820000000000000022", "820000000000000023", "820000000000000024",
+    "820000000000000025", "820000000000000026", "820000000000000027")
 THREAD_TYPES = {"public": 11, "news": 10, "private": 12}
 
 ROWS = """SELECT c.platform_id, c.name, c.kind, m.platform_id, u.platform_id, u.speaker, u.handle, u.display_name,
@@ -84,6 +88,23 @@ def threads(fake: FakeDiscord) -> FakeDiscord:
     fake.add(NEWS_THREAD, message(670, LINUS, "when exactly?"))
     fake.add(PRIVATE_THREAD, message(680, ADA, "between us"))
     fake.add(LOCKED_THREAD, message(690, ADA, "locked thread talk"))
+    return fake
+
+
+@pytest.fixture
+def forums(fake: FakeDiscord) -> FakeDiscord:
+    """Forums: #ideas (between #random and #announcements in the guild's order) with an archived post and a
+    newer active one, a forum hidden from @everyone with one post, and a media channel last with one post."""
+    for data in (forum_channel(FORUM, "ideas", 1), forum_channel(STAFF_FORUM, "staff ideas", 7, hidden=True),
+                 forum_channel(MEDIA, "gallery", 8, media=True)):
+        fake.channels[data["id"]] = data
+    for data in (thread(OLD_POST, FORUM, "faster search", archived_at=720), thread(NEW_POST, FORUM, "dark mode"),
+                 thread(STAFF_POST, STAFF_FORUM, "raises"), thread(MEDIA_POST, MEDIA, "screenshots")):
+        fake.threads[data["id"]] = data
+    fake.add(OLD_POST, message(720, ADA, "search is slow"))
+    fake.add(NEW_POST, message(730, GRACE, "please add dark mode"), message(731, LINUS, "yes please"))
+    fake.add(STAFF_POST, message(740, ADA, "staff only"))
+    fake.add(MEDIA_POST, message(750, LINUS, "look at this"))
     return fake
 
 
@@ -265,6 +286,48 @@ def test_a_refused_archived_thread_listing_is_a_warning_and_the_rest_is_fetched(
     assert report.warnings == [f"Discord channel #general ({GENERAL}): cannot list its archived threads: "
                                "no access (HTTP 403 Missing Access); skipped"]
     assert report.files == 5
+
+
+def test_forum_posts_are_fetched_by_default_as_threads_after_their_forum(forums, db: Path) -> None:
+    report = fetch(db)
+    # The posts of the public forums the bot may read, oldest first, where their forum stands in the guild's
+    # order; never the forums themselves, nor the forum hidden from @everyone.
+    assert history_order(forums) == [GENERAL, THREAD, RANDOM, OLD_POST, NEW_POST, ANNOUNCE, MEDIA_POST]
+    assert report.files == 7 and report.new == 126 + 1 + 2 + 1 and not report.warnings
+    assert {p for _, p, _ in forums.requests if "archived" in p} == {
+        f"/channels/{c}/threads/archived/public" for c in (GENERAL, RANDOM, ANNOUNCE, FORUM, MEDIA)}
+    with Store.open(db) as store:
+        assert store.channel("discord", OLD_POST) == ChannelRecord("discord", OLD_POST, "faster search", GUILD,
+                                                                   "thread")
+        assert store.channel("discord", NEW_POST).kind == "thread"
+        assert all(store.channel("discord", c) is None for c in (FORUM, MEDIA, STAFF_FORUM, STAFF_POST))
+        assert store.get_watermark("discord", NEW_POST) == snowflake(731)
+    assert "staff only" not in [r[10] for r in rows(db)]
+
+
+def test_a_forum_listed_by_id_or_name_selects_its_posts(forums, db: Path, tmp_path: Path) -> None:
+    report = fetch(db, channels=[FORUM])
+    assert history_order(forums) == [OLD_POST, NEW_POST] and not forums.history_calls(FORUM)
+    assert report.files == 2 and report.new == 3 and not report.warnings
+    forums.requests.clear()
+    report = fetch(tmp_path / "by-name.db", channels=["#staff ideas", "#gallery", STAFF_FORUM])  # private: listed
+    assert history_order(forums) == [STAFF_POST, MEDIA_POST] and not report.warnings and report.new == 2
+    assert forums.calls(rf"/channels/{STAFF_FORUM}/threads/archived/public") == [{"limit": "100"}]  # once
+    forums.requests.clear()
+    report = fetch(tmp_path / "posts.db", channels=["#dark mode", OLD_POST])  # a post is a thread like any other
+    assert history_order(forums) == [NEW_POST, OLD_POST] and report.new == 3 and not report.warnings
+
+
+def test_a_refused_forum_archived_listing_is_a_warning_and_its_active_posts_are_fetched(forums, db: Path) -> None:
+    forums.threads_forbidden = {FORUM}
+    report = fetch(db)
+    assert history_order(forums) == [GENERAL, THREAD, RANDOM, NEW_POST, ANNOUNCE, MEDIA_POST]
+    assert report.warnings == [f"Discord channel #ideas ({FORUM}): cannot list its archived threads: "
+                               "no access (HTTP 403 Missing Access); skipped"]
+    report = fetch(db, channels=[FORUM])  # listed by id: the same
+    assert report.warnings == [f"Discord channel #ideas ({FORUM}): cannot list its archived threads: "
+                               "no access (HTTP 403 Missing Access); skipped"]
+    assert report.files == 1
 
 
 def test_a_second_run_fetches_nothing_new_from_threads(threads, db: Path) -> None:
