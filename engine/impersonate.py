@@ -12,9 +12,10 @@ target's slot. A speaker without a slot (0) is written for unconditioned, exactl
 When the model comes with a voice memory (engine/voice.py), every draw is adapted toward how the target
 writes, and each attempt writes `drafts` drafts at once (one batch) and keeps the acceptable one that reads
 most like them and least like anyone else (the memory's style ranker, engine/style.py; a memory without one,
-or a team with no other regular writer, keeps the draft the memory explains best relative to the model alone). Each new attempt (all drafts were empty or
-copies) halves the memory's pull. Under load (more than max_rows drafts at once) each message
-gets fewer drafts, so the same srand gives the same message only at the same load.
+or a team with no other regular writer, keeps the draft the memory explains best relative to the model
+alone). Each new attempt (all drafts were empty or copies) halves the memory's pull. Under load (more than
+max_rows drafts at once) each message gets fewer drafts, so the same srand gives the same message only at the
+same load.
 """
 
 from __future__ import annotations

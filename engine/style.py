@@ -8,7 +8,9 @@ stored with the voice memory and built from the same records.
 
 A draft's score is its per-word log-likelihood margin: how much better the target's word model explains it
 than the best of the other regular writers (RIVAL_MESSAGES or more messages in the memory), divided by its
-number of words, so that a long draft is not preferred for piling up evidence. A draft with no words scores 0.
+number of words, so that a long draft is not preferred for piling up evidence. Words and pairs nobody in the
+memory used are left out; a draft with none left scores 0, and so does every draft when the writer has no
+rival (the generator then keeps the memory's own score).
 
 File layout (arrays in the voice memory's `.npz`): `style_keys` uint64, sorted: (hash of the word or word pair
 << 16) | speaker id, so one feature's counts for every speaker are one contiguous range; `style_count`
