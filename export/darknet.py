@@ -107,16 +107,19 @@ class DarknetCfg:
     final_activation: str  # the [connected] layer's
     softmax_temperature: float  # rnn generate overrides it with -temp; kept for the record
     net_options: dict[str, str] = field(default_factory=dict)
+    shortcut: bool = False  # [rnn] shortcut=1: h_t = h_(t-1) + a + b
 
     def model_config(self) -> dict[str, Any]:
         """Our darknet-rnn configuration (training.models.ModelConfig.from_dict accepts it)."""
-        return model_config_dict(self.hidden, self.layers, self.batch_norm, self.activation, self.final_activation)
+        return model_config_dict(self.hidden, self.layers, self.batch_norm, self.activation, self.final_activation,
+                                 self.shortcut)
 
 
 def model_config_dict(hidden: int, layers: int, batch_norm: bool, activation: str,
-                      final_activation: str) -> dict[str, Any]:
+                      final_activation: str, shortcut: bool = False) -> dict[str, Any]:
     return {"arch": "darknet-rnn", "hidden": hidden, "layers": layers, "dropout": 0.0, "vocab": VOCAB,
-            "batch_norm": batch_norm, "activation": activation, "final_activation": final_activation}
+            "batch_norm": batch_norm, "activation": activation, "final_activation": final_activation,
+            "shortcut": shortcut}
 
 
 def read_sections(text: str, name: str) -> list[Section]:
@@ -160,10 +163,10 @@ def parse_cfg_text(text: str, name: str = "the cfg") -> DarknetCfg:
     if kinds[-1] == "cost":
         log.info("%s: %s is ignored: it only affects training", name, sections[-1].label)
     rnns, connected, softmax = sections[1:1 + n_rnn], sections[1 + n_rnn], sections[2 + n_rnn]
-    hidden, activation, batch_norm = _rnn_settings(rnns, name)
+    hidden, activation, batch_norm, shortcut = _rnn_settings(rnns, name)
     final_activation = _connected_settings(connected, name)
     return DarknetCfg(name, n_rnn, hidden, activation, batch_norm, final_activation,
-                      _softmax_temperature(softmax, name), dict(net.options))
+                      _softmax_temperature(softmax, name), dict(net.options), shortcut)
 
 
 def parse_cfg(path: str | Path) -> DarknetCfg:
@@ -223,13 +226,11 @@ def _check_inputs(net: Section, name: str) -> None:
                              f"vector, so set inputs={VOCAB}")
 
 
-def _rnn_settings(rnns: list[Section], name: str) -> tuple[int, str, bool]:
-    """The [rnn] sections must agree: Mimic's darknet-rnn has one size, activation and BN setting for all."""
+def _rnn_settings(rnns: list[Section], name: str) -> tuple[int, str, bool, bool]:
+    """The [rnn] sections must agree: Mimic's darknet-rnn has one size, activation, BN and shortcut setting for
+    all."""
     settings = []
     for s in rnns:
-        if _int_option(s, "shortcut", 0, name):
-            raise BadConfigError(f"{name}: {s.label}: shortcut=1 (h_t = h_(t-1) + ...) is not supported; "
-                                 "use shortcut=0 as cfg/rnn.cfg does")
         output = _int_option(s, "output", 1, name)
         if output < 1:
             raise BadConfigError(f"{name}: {s.label}: output={output} must be at least 1")
@@ -237,10 +238,11 @@ def _rnn_settings(rnns: list[Section], name: str) -> tuple[int, str, bool]:
         if hidden is not None and hidden != str(output):
             log.info("%s: %s: hidden=%s is ignored, as Darknet ignores it; the state size is output=%d",
                      name, s.label, hidden, output)
-        settings.append((output, _activation_option(s, name), _int_option(s, "batch_normalize", 0, name) != 0))
+        settings.append((output, _activation_option(s, name), _int_option(s, "batch_normalize", 0, name) != 0,
+                         _int_option(s, "shortcut", 0, name) != 0))
     for s, setting in zip(rnns[1:], settings[1:], strict=True):
         if setting != settings[0]:
-            raise BadConfigError(f"{name}: {s.label}: output/activation/batch_normalize {setting} differ from the "
+            raise BadConfigError(f"{name}: {s.label}: output/activation/batch_normalize/shortcut {setting} differ from the "
                                  f"first [rnn]'s {settings[0]}; Mimic needs every [rnn] alike")
     return settings[0]
 
@@ -434,7 +436,8 @@ def load_darknet(cfg_path: str | Path, weights_path: str | Path) -> DarknetModel
 
 def _with_defaults(config: Mapping[str, Any]) -> dict[str, Any]:
     """Fill what a partial config dict leaves out with training.models.ModelConfig's defaults."""
-    return {"batch_norm": True, "activation": "leaky", "final_activation": "leaky", "vocab": VOCAB, **config}
+    return {"batch_norm": True, "activation": "leaky", "final_activation": "leaky", "shortcut": False, "vocab": VOCAB,
+            **config}
 
 
 def cfg_text(config: Mapping[str, Any]) -> str:
@@ -443,8 +446,9 @@ def cfg_text(config: Mapping[str, Any]) -> str:
     _check_writable(config)
     bn = 1 if config["batch_norm"] else 0
     parts = ["# written by Mimic from a darknet-rnn model; a generation cfg (batch=1, time_steps=1)\n" + NET_SECTION]
+    shortcut = "shortcut=1\n" if config["shortcut"] else ""
     parts += [f"[rnn]\nbatch_normalize={bn}\noutput={config['hidden']}\nhidden={config['hidden']}\n"
-              f"activation={config['activation']}\n"] * int(config["layers"])
+              f"activation={config['activation']}\n{shortcut}"] * int(config["layers"])
     parts += [f"[connected]\noutput={VOCAB}\nactivation={config['final_activation']}\n", "[softmax]\n"]
     return "\n".join(parts)
 

@@ -98,7 +98,9 @@ def _darknet_body(g: _Graph, x: str, state_in: str, cfg: dict, w: dict) -> tuple
         body = _Graph()
         body._n = g._n + 10_000 * (i + 1)  # keep names unique across the outer graph and its subgraphs
         b = _connected(body, "h_prev", w, f"{p}.self_layer", cfg["activation"])
-        h_new = body.op1("Add", ["a_t", b])
+        # shortcut=1: Darknet starts the state from h_(t-1) instead of 0, then adds a, then b
+        a_t = body.op1("Add", ["h_prev", "a_t"]) if cfg.get("shortcut") else "a_t"
+        h_new = body.op1("Add", [a_t, b])
         body.nodes.append(helper.make_node("Identity", [h_new], ["h_next"]))
         body.nodes.append(helper.make_node("Identity", [h_new], ["h_scan"]))
         f = onnx.TensorProto.FLOAT

@@ -36,6 +36,7 @@ class ModelConfig:
     batch_norm: bool = True  # darknet-rnn only, as in cfg/rnn.cfg
     activation: str = "leaky"  # darknet-rnn recurrent modules: leaky | linear | relu | tanh | logistic
     final_activation: str = "leaky"  # darknet-rnn's last [connected]; cfg/rnn.cfg says leaky
+    shortcut: bool = False  # darknet-rnn's [rnn] shortcut=1: the state keeps a running sum, h_t = h_(t-1) + a + b
     speaker_slots: int = 0  # gru/lstm: rows of the speaker embedding, row 0 = no speaker; 0: unconditioned
 
     def __post_init__(self) -> None:
@@ -139,10 +140,13 @@ class DarknetConnected(nn.Module):
 
 
 class DarknetRNNLayer(nn.Module):
-    """Darknet's [rnn]: h_t = act(BN(W_in x_t)) + act(BN(W_self h_{t-1})); y_t = act(BN(W_out h_t))."""
+    """Darknet's [rnn]: h_t = act(BN(W_in x_t)) + act(BN(W_self h_{t-1})); y_t = act(BN(W_out h_t)).
+    With shortcut, h_t = h_{t-1} + act(BN(W_in x_t)) + act(BN(W_self h_{t-1})), summed in Darknet's order."""
 
-    def __init__(self, n_in: int, hidden: int, batch_norm: bool, activation: str, one_hot_input: bool):
+    def __init__(self, n_in: int, hidden: int, batch_norm: bool, activation: str, one_hot_input: bool,
+                 shortcut: bool = False):
         super().__init__()
+        self.shortcut = shortcut
         self.input_layer = DarknetConnected(n_in, hidden, batch_norm, activation)
         self.self_layer = DarknetConnected(hidden, hidden, batch_norm, activation)
         self.output_layer = DarknetConnected(hidden, hidden, batch_norm, activation)
@@ -153,7 +157,7 @@ class DarknetRNNLayer(nn.Module):
         a = self.input_layer.forward_one_hot(x) if self.one_hot_input else self.input_layer(x)  # (B, T, H)
         states = []
         for t in range(a.shape[1]):  # the recurrence is sequential; the two projections around it are not
-            h = a[:, t] + self.self_layer(h)
+            h = (h + a[:, t] if self.shortcut else a[:, t]) + self.self_layer(h)
             states.append(h)
         hs = torch.stack(states, dim=1)  # (B, T, H)
         return self.output_layer(hs), h
@@ -164,7 +168,8 @@ class DarknetRNN(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.rnns = nn.ModuleList(
-            DarknetRNNLayer(cfg.vocab if i == 0 else cfg.hidden, cfg.hidden, cfg.batch_norm, cfg.activation, i == 0)
+            DarknetRNNLayer(cfg.vocab if i == 0 else cfg.hidden, cfg.hidden, cfg.batch_norm, cfg.activation, i == 0,
+                            cfg.shortcut)
             for i in range(cfg.layers)
         )
         self.drop = nn.Dropout(cfg.dropout)

@@ -38,6 +38,7 @@ class Net:
     head: Connected
     activation: str = "leaky"
     final_activation: str = "leaky"
+    shortcut: bool = False  # [rnn] shortcut=1
 
     @property
     def hidden(self) -> int:
@@ -75,7 +76,7 @@ def _connected(rng: np.random.Generator, n_in: int, n_out: int, bn: bool, gain: 
 
 
 def random_net(hidden: int = 16, layers: int = 3, bn: bool = True, activation: str = "leaky",
-               final_activation: str = "leaky", seed: int = 0, gain: float = 1.0) -> Net:
+               final_activation: str = "leaky", seed: int = 0, gain: float = 1.0, shortcut: bool = False) -> Net:
     rng = np.random.default_rng(seed)
     rnns = []
     for i in range(layers):
@@ -83,7 +84,7 @@ def random_net(hidden: int = 16, layers: int = 3, bn: bool = True, activation: s
         rnns.append((_connected(rng, n_in, hidden, bn, gain), _connected(rng, hidden, hidden, bn, gain),
                      _connected(rng, hidden, hidden, bn, gain)))
     head = _connected(rng, hidden, 256, False, gain * 2.0)
-    return Net(rnns, head, activation, final_activation)
+    return Net(rnns, head, activation, final_activation, shortcut)
 
 
 def pack_weights(net: Net, seen: int = 0, major: int = 0, minor: int = 2, revision: int = 0) -> bytes:
@@ -107,7 +108,7 @@ def cfg_for(net: Net, hidden_field: int | None = None, batch: int = 1, time_step
             "scales=.1,.1\n\n")
     for _ in net.rnns:
         text += (f"[rnn]\nbatch_normalize={bn}\noutput = {net.hidden}\nhidden={hidden_field or net.hidden}\n"
-                 f"activation={net.activation}\n\n")
+                 f"activation={net.activation}\n{'shortcut=1' if net.shortcut else ''}\n\n")
     return text + f"[connected]\noutput=256\nactivation={net.final_activation}\n\n[softmax]\n\n"
 
 
@@ -148,7 +149,8 @@ def forward(net: Net, tokens: list[int], states: list[np.ndarray] | None = None
         for i, (inp, slf, outl) in enumerate(net.rnns):
             a = connected_forward(inp, x, net.activation)
             b = connected_forward(slf, h[i], net.activation)  # reads the previous state
-            h[i] = a + b  # state = 0, then axpy a, axpy b (shortcut = 0)
+            # state = h_(t-1) with shortcut, else 0; then axpy a, axpy b (rnn_layer.c forward_rnn_layer)
+            h[i] = (h[i] + a if net.shortcut else a) + b
             x = connected_forward(outl, h[i], net.activation)
         out.append(connected_forward(net.head, x, net.final_activation))
     return out, h
