@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,12 +26,14 @@ class ExportReport:
     metadata: dict[str, str]
 
 
-def torch_reference(model: torch.nn.Module):
-    """The source model as a numpy function, for the parity check."""
+def torch_reference(model: torch.nn.Module, dtype: torch.dtype = torch.float32):
+    """The source model as a numpy function, for the parity check (float64: a copy, to measure rounding)."""
+    if dtype != torch.float32:
+        model = copy.deepcopy(model).to(dtype)
 
     @torch.no_grad()
     def run(tokens: np.ndarray, state: np.ndarray, speakers: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        args = (torch.from_numpy(tokens), torch.from_numpy(state))
+        args = (torch.from_numpy(tokens), torch.from_numpy(state).to(dtype))
         if speakers is not None:
             args += (torch.from_numpy(speakers),)
         logits, new_state = model(*args)
@@ -45,7 +48,8 @@ def export_model(model: torch.nn.Module, cfg: ModelConfig, out_path: str | Path,
     weights = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
     proto = build_onnx(cfg.to_dict(), weights, metadata)
     data = proto.SerializeToString()
-    diff = check_parity(torch_reference(model), data, cfg.state_rows, cfg.hidden, speaker_slots=cfg.speaker_slots)
+    diff = check_parity(torch_reference(model), data, cfg.state_rows, cfg.hidden, speaker_slots=cfg.speaker_slots,
+                        exact=torch_reference(model, torch.float64))
     out = Path(out_path)
     write_atomic(out, data)
     return ExportReport(out, diff, metadata)
