@@ -9,6 +9,10 @@ balanced class weights, trained on the speakers' REAL training messages only. It
 * fidelity: the share of messages generated as a speaker that it attributes to that speaker, averaged
   per speaker the same way;
 * chance: 1 / number of speakers.
+
+A long message gives the classifier more to go on (real held-out messages of 280+ characters are recognised
+about twice as often as short ones), so a generator that writes longer messages scores higher without
+sounding more like anyone. Fidelity by length (LENGTHS, all speakers pooled) compares like with like.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 SEED = 0
+LENGTHS = (80, 160, 280)  # characters: the edges of the length bands of `by_length`
 
 
 @dataclass(frozen=True)
@@ -63,3 +68,17 @@ class Attributor:
         scored = [v for v in per.values() if v == v]
         return Attribution(per, sum(scored) / len(scored) if scored else float("nan"),
                            hits / total if total else float("nan"), total)
+
+    def by_length(self, samples: Mapping[str, Sequence[str]]) -> list[dict[str, float | int | None]]:
+        """Fidelity per band of message length (LENGTHS), pooled over speakers: {min, max, fidelity, messages};
+        max is None for the last band, fidelity None for a band with no message."""
+        edges = (0, *LENGTHS, None)
+        hits = [0] * (len(edges) - 1)
+        total = [0] * (len(edges) - 1)
+        for speaker, texts in samples.items():
+            for text, predicted in zip(texts, self.predict(texts), strict=True):
+                band = sum(len(text) >= edge for edge in LENGTHS)
+                total[band] += 1
+                hits[band] += predicted == speaker
+        return [{"min": edges[i], "max": edges[i + 1], "fidelity": hits[i] / total[i] if total[i] else None,
+                 "messages": total[i]} for i in range(len(total))]

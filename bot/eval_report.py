@@ -54,6 +54,19 @@ def _served_line(s: dict[str, Any] | None) -> str:
     return f", voice memory, {s['drafts']} drafts: {keep}"
 
 
+def _length_table(systems: dict[str, Any]) -> list[str]:
+    """Fidelity by message length: longer messages are easier to attribute, so compare within a band."""
+    bands = next(iter(systems.values()))["fidelity_by_length"]
+    names = [f"{b['min']}+ chars" if b["max"] is None else f"{b['min']}-{b['max'] - 1} chars" for b in bands]
+    out = ["fidelity by message length (all speakers together; messages in the band)",
+           f"{'':28}" + "".join(f"{n:>16}" for n in names)]
+    for name in ("mimic", "mimic_guarded", "mimic_alone", "markov", "markov_tested", "real"):
+        if name in systems:
+            cells = [f"{_num(b['fidelity'])} ({b['messages']})" for b in systems[name]["fidelity_by_length"]]
+            out.append(f"{LABELS[name]:28}" + "".join(f"{c:>16}" for c in cells))
+    return out
+
+
 def format_chat_report(r: dict[str, Any]) -> str:
     info, held, cls, systems = r["model_info"], r["held_out"], r["classifier"], r["systems"]
     cfg = r["config"]
@@ -83,6 +96,8 @@ def format_chat_report(r: dict[str, Any]) -> str:
                    f"{_pct(s['copy_rate']):>11}{_num(s['mean_longest_span'], '{:.1f}'):>13}"
                    f"{_pct(s['exact_copy_rate']):>13}  {made}{extra}")
     out.append(f"{'chance':28}{_num(cls['chance']):>9}")
+    out.append("")
+    out.extend(_length_table(systems))
     out.append("")
     out.append(f"{'speaker':22}{'train':>7}{'held-out':>9}{'bits/char':>10}{'ceiling':>8}{'mimic':>7}"
                f"{'+guard':>8}{'alone':>7}{'markov':>8}{'+test':>7}")

@@ -145,7 +145,8 @@ def _system(attributor: Any, index: Any, samples: dict[str, list[str]], asked: i
     fid_novel = attributor.score(novel)
     nov = measure(index, [t for texts in samples.values() for t in texts])
     return {"fidelity": fid.mean, "fidelity_micro": fid.micro, "fidelity_novel": fid_novel.mean,
-            "per_speaker": fid.per_speaker, "asked": asked * len(samples), **nov.as_dict()}
+            "per_speaker": fid.per_speaker, "fidelity_by_length": attributor.by_length(samples),
+            "asked": asked * len(samples), **nov.as_dict()}
 
 
 def _target(systems: dict[str, dict[str, Any]], ceiling: float) -> dict[str, Any]:

@@ -103,7 +103,9 @@ class DarknetBatchNorm(nn.Module):
             zhat = (z - mean) / torch.sqrt(var + BN_TRAIN_EPS)
             with torch.no_grad():
                 self.updates += 1
-                weight = max(BN_MOMENTUM, 1.0 / float(self.updates))
+                # Computed on the device: reading the count back (float(self.updates)) would make the GPU
+                # wait for the host at every time step of every layer.
+                weight = self.updates.reciprocal().clamp(min=BN_MOMENTUM).to(self.rolling_mean.dtype)
                 unbiased = var * z.shape[0] / (z.shape[0] - 1)
                 self.rolling_mean.lerp_(mean.float(), weight)
                 self.rolling_variance.lerp_(unbiased.float(), weight)

@@ -136,6 +136,28 @@ def test_ceiling_is_the_classifier_on_real_held_out_messages(report: dict, chat:
     assert report["systems"]["real"]["fidelity"] == pytest.approx(report["classifier"]["ceiling"])
 
 
+def test_fidelity_by_length_counts_each_message_once_in_its_band(report: dict, chat: dict[str, Path]) -> None:
+    from bot.eval_fidelity import LENGTHS, Attributor
+
+    split = _split(chat)
+    speakers = report["classifier"]["speakers"]
+    attributor = Attributor({s: [t for w, t in split.train if w == s] for s in speakers})
+    for name, system in report["systems"].items():
+        bands = system["fidelity_by_length"]
+        assert [b["min"] for b in bands] == [0, *LENGTHS] and bands[-1]["max"] is None
+        assert sum(b["messages"] for b in bands) == system["messages"], name
+    held = {s: [t for w, t in split.valid if w == s] for s in speakers}
+    want = {}
+    for s, texts in held.items():
+        for text, p in zip(texts, attributor.predict(texts), strict=True):
+            band = sum(len(text) >= e for e in LENGTHS)
+            hits, n = want.get(band, (0, 0))
+            want[band] = (hits + (p == s), n + 1)
+    got = report["systems"]["real"]["fidelity_by_length"]
+    assert {i: (round(b["fidelity"] * b["messages"]), b["messages"]) for i, b in enumerate(got) if b["messages"]} == want
+    assert all(b["fidelity"] is None for b in got if not b["messages"])
+
+
 def test_guarded_messages_are_what_impersonate_posts(chat: dict[str, Path]) -> None:
     from bot.eval_markov import speaker_seed
     from bot.eval_samples import model_samples
