@@ -39,7 +39,7 @@ def run_console(commands: Commands, stdin: TextIO | None = None, stdout: TextIO 
         line = _read(stdin, stdout, interactive)
         if line is None:
             break
-        line = line.strip()
+        line = line.strip().removeprefix("/")  # `/impersonate ada`, as typed in Slack or Discord, works too
         if not line:
             continue
         if line.lower() in QUIT:

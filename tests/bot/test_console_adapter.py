@@ -24,6 +24,12 @@ def test_piped_commands_read_as_a_transcript(commands: Commands) -> None:
     assert lines[-1].startswith("no such person in the model: bob")
 
 
+def test_a_leading_slash_as_in_slack_is_accepted(commands: Commands) -> None:
+    lines = session(commands, "/impersonate ada\n/quit\nwho\n")
+    assert lines[0] == PROMPT + "impersonate ada" and lines[1].startswith("Ada (mimic): ")
+    assert len(lines) == 2  # /quit stopped it
+
+
 def test_quit_and_end_of_input_stop(commands: Commands) -> None:
     assert session(commands, "help\nquit\nwho\n")[-1] != PROMPT + "who"
     assert session(commands, "") == []
