@@ -27,7 +27,8 @@ def check_parity(reference: Reference, onnx_bytes: bytes, state_rows: int, hidde
     a model with speaker slots also gets random slots (speakers is None for one without).
 
     `exact`, the same source computed in float64, measures how far float32 rounding alone moves the source;
-    the allowance is then the larger of `tolerance` and ROUNDING_FACTOR times that (10x for the state).
+    the logits may then differ by the larger of `tolerance` and ROUNDING_FACTOR times that, the state by the
+    larger of 10 x `tolerance` and ROUNDING_FACTOR times the state's own float32 error.
     Returns the largest absolute difference on logits; raises ParityError when it exceeds the allowance.
     """
     import onnxruntime as ort
