@@ -22,12 +22,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-COPY_SPAN = 40
+from engine.copyindex import COPY_SPAN, normalize_space  # the copy guard's own rule
+
 _SEP = "\x00"  # between messages: never in normalised text, so no match can run across two messages
-
-
-def normalize_space(text: str) -> str:
-    return " ".join(text.replace(_SEP, " ").split())
 
 
 def suffix_array(codes: np.ndarray) -> np.ndarray:

@@ -1,7 +1,10 @@
 """A verbatim-copy index over the training messages, built once at export time, checked per generated message.
 
 Rule enforced: a generated message must not share 40 or more consecutive characters with any training
-message, nor equal one. Scanning millions of messages per request is out of the question, so:
+message, nor equal one, whitespace aside: both sides are compared with every run of blank space (line breaks
+included) made one space, since a line break where the original had a space is layout, not novelty (the
+evaluation's novelty figures, bot/eval_novelty.py, count copies the same way). Scanning millions of messages
+per request is out of the question, so:
 
 * Every window of WINDOW = 33 characters that starts at a corpus position divisible by STRIDE = 8 is hashed
   (64-bit polynomial hash of the code points). Any span of 40 characters inside a training message contains
@@ -9,8 +12,10 @@ message, nor equal one. Scanning millions of messages per request is out of the 
   copy. (A hit means at least 33 shared characters: the check errs on the side of resampling.)
 * The hash of each whole message (after normalisation) catches exact copies of short messages.
 
-The index is one .npy file of uint64: [n_windows, n_messages, sorted window hashes..., sorted message
-hashes...], memory-mapped at load, so a million-message corpus costs a binary search per window.
+The index is one .npy file of uint64: [MAGIC, n_windows, n_messages, sorted window hashes..., sorted message
+hashes...], memory-mapped at load, so a million-message corpus costs a binary search per window. Indexes
+written before whitespace was normalised start with n_windows instead of MAGIC; they are still read, and
+checked against the text as it is.
 """
 
 from __future__ import annotations
@@ -26,6 +31,12 @@ COPY_SPAN = WINDOW + STRIDE - 1  # 40: every shared span this long is caught
 _P = np.uint64(0x100000001B3)  # FNV prime: odd, so powers never collapse to zero mod 2**64
 _POWERS = _P ** np.arange(WINDOW - 1, -1, -1, dtype=np.uint64)  # wraps mod 2**64, as intended
 _SEP = 0  # code point that never occurs in normalised text: separates messages
+MAGIC = 0x4D494D4943505932  # "MIMICPY2": the index of whitespace-normalised text
+
+
+def normalize_space(text: str) -> str:
+    """Every run of blank space (line breaks included) as one space, none at the ends; NUL counts as blank."""
+    return " ".join(text.replace("\0", " ").split())
 
 
 def _codepoints(text: str) -> np.ndarray:
@@ -57,7 +68,7 @@ def message_hash(text: str) -> np.uint64:
 
 
 def build_copy_index(texts: Iterable[str], path: str | Path, chunk_chars: int = 1_000_000) -> int:
-    """Write the index for `texts` (normalised training messages) to `path`; returns the number of messages."""
+    """Write the index for `texts` (the training messages) to `path`; returns the number of messages."""
     window_parts: list[np.ndarray] = []
     message_parts: list[np.uint64] = []
     buffer: list[np.ndarray] = []
@@ -76,6 +87,7 @@ def build_copy_index(texts: Iterable[str], path: str | Path, chunk_chars: int = 
         buffer, size = [], 0
 
     for text in texts:
+        text = normalize_space(text)
         message_parts.append(message_hash(text))
         cp = _codepoints(text)
         # Chunks end on message boundaries, so the stride is relative to each chunk: still one window
@@ -87,7 +99,7 @@ def build_copy_index(texts: Iterable[str], path: str | Path, chunk_chars: int = 
     flush()
     windows = np.unique(np.concatenate(window_parts)) if window_parts else np.empty(0, np.uint64)
     messages = np.unique(np.array(message_parts, dtype=np.uint64))
-    header = np.array([len(windows), len(messages)], dtype=np.uint64)
+    header = np.array([MAGIC, len(windows), len(messages)], dtype=np.uint64)
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp.npy")
     np.save(tmp, np.concatenate([header, windows, messages]))
@@ -100,9 +112,11 @@ class CopyIndex:
 
     def __init__(self, path: str | Path):
         data = np.load(path, mmap_mode="r")
-        n_windows, n_messages = int(data[0]), int(data[1])
-        self.windows = data[2:2 + n_windows]
-        self.messages = data[2 + n_windows:2 + n_windows + n_messages]
+        self.normalised = int(data[0]) == MAGIC
+        start = 1 if self.normalised else 0
+        n_windows, n_messages = int(data[start]), int(data[start + 1])
+        self.windows = data[start + 2:start + 2 + n_windows]
+        self.messages = data[start + 2 + n_windows:start + 2 + n_windows + n_messages]
 
     @staticmethod
     def _contains(sorted_hashes: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -113,6 +127,8 @@ class CopyIndex:
         return np.asarray(sorted_hashes[pos]) == values
 
     def copies(self, text: str) -> bool:
+        if self.normalised:
+            text = normalize_space(text)
         if self._contains(self.messages, np.array([message_hash(text)], dtype=np.uint64))[0]:
             return True
         return bool(self._contains(self.windows, window_hashes(_codepoints(text))).any())

@@ -2,7 +2,9 @@ import random
 import string
 from pathlib import Path
 
-from engine.copyindex import COPY_SPAN, CopyIndex, build_copy_index
+import numpy as np
+
+from engine.copyindex import COPY_SPAN, CopyIndex, build_copy_index, normalize_space
 
 
 def _corpus(n: int = 3000) -> list[str]:
@@ -15,7 +17,7 @@ def test_every_40_character_copy_is_caught_wherever_it_starts(tmp_path: Path) ->
     msgs = _corpus()
     build_copy_index(msgs, tmp_path / "i.npy", chunk_chars=10_000)  # small chunks: boundaries are exercised
     index = CopyIndex(tmp_path / "i.npy")
-    long_ones = [m for m in msgs if len(m) >= 120][:50]
+    long_ones = [normalize_space(m) for m in msgs if len(normalize_space(m)) >= 120][:50]  # 40 as compared
     for m in long_ones:
         for start in range(0, len(m) - COPY_SPAN + 1, 7):
             assert index.copies("» " + m[start:start + COPY_SPAN] + " «"), (m, start)
@@ -40,3 +42,25 @@ def test_spans_across_two_messages_are_not_copies(tmp_path: Path) -> None:
 def test_empty_corpus(tmp_path: Path) -> None:
     build_copy_index([], tmp_path / "i.npy")
     assert not CopyIndex(tmp_path / "i.npy").copies("anything at all, really, of any length whatsoever")
+
+
+def test_a_copy_laid_out_differently_is_still_a_copy(tmp_path: Path) -> None:
+    said = "Indeed, good madam, she hath privately\ntwice or thrice a day, ever since the death of her son"
+    build_copy_index([said, "brb\n coffee"], tmp_path / "i.npy")
+    index = CopyIndex(tmp_path / "i.npy")
+    assert index.copies("Marry, she hath privately twice or thrice a day, ever\nsince the child?")
+    assert index.copies("twice  or thrice a day,\n\never since the death")  # 40 characters once spaced out
+    assert index.copies("  brb coffee\n")
+    assert not index.copies("privately twice or thrice a week")  # 28 in common: under a window
+
+
+def test_an_index_written_before_whitespace_was_normalised_is_read_as_it_was(tmp_path: Path) -> None:
+    msgs = _corpus(300) + ["brb coffee"]
+    build_copy_index(msgs, tmp_path / "i.npy")
+    old = np.load(tmp_path / "i.npy")[1:]  # the same hashes without the MAGIC word: the old layout
+    np.save(tmp_path / "old.npy", old)
+    index = CopyIndex(tmp_path / "old.npy")
+    assert not index.normalised and len(index) == len(msgs)
+    assert index.copies("brb coffee") and not index.copies("brb tea")
+    long_one = next(m for m in msgs if len(m) >= 60 and "  " not in m and m == m.strip())
+    assert index.copies(long_one[:COPY_SPAN])
