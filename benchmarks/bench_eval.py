@@ -40,7 +40,7 @@ def mimic(*args: str) -> float:
 
 def markdown(report: dict) -> str:
     cls, systems = report["classifier"], report["systems"]
-    lines = ["| generator | fidelity | fidelity, non-copying only | copies >= 40 chars | mean longest copied span "
+    lines = ["| generator | fidelity | fidelity on new messages (how many) | copies >= 40 chars | mean longest copied span "
              "| whole-message copies | messages |", "|---|---:|---:|---:|---:|---:|---:|"]
     for key, label in ROWS:
         if key not in systems:  # the model alone is scored only next to the voice memory
@@ -51,7 +51,7 @@ def markdown(report: dict) -> str:
         def f(x: float | None, pct: bool = False) -> str:
             return "-" if x is None else (f"{x:.1%}" if pct else f"{x:.2f}")
 
-        lines.append(f"| {label} | {f(s['fidelity'])} | {f(s['fidelity_novel'])} | {f(s['copy_rate'], True)} | "
+        lines.append(f"| {label} | {f(s['fidelity'])} | {f(s['fidelity_novel'])} ({s['new_messages']}) | {f(s['copy_rate'], True)} | "
                      f"{s['mean_longest_span']:.1f} | {f(s['exact_copy_rate'], True)} | {made} |")
     lines.append(f"| chance (1/{len(cls['speakers'])}) | {cls['chance']:.2f} | | | | | |")
     return "\n".join(lines)

@@ -82,7 +82,8 @@ def format_chat_report(r: dict[str, Any]) -> str:
            f"{', context ' + str(cfg['context']) + ' lines' if cfg['context'] else ''}"
            f"{_served_line(r.get('served_with'))}); classifier: {cls['kind']}",
            ""]
-    head = f"{'':28}{'fidelity':>9}{'novel only':>11}{'copies>=40':>11}{'longest span':>13}{'whole copies':>13}  messages"
+    head = (f"{'':28}{'fidelity':>9}{'on new (n)':>14}{'copies>=40':>11}{'longest span':>13}{'whole copies':>13}"
+            "  messages")
     out.append(head)
     for name in ("mimic", "mimic_guarded", "mimic_alone", "markov", "markov_tested", "real"):
         if name not in systems:
@@ -92,7 +93,8 @@ def format_chat_report(r: dict[str, Any]) -> str:
         if name in ("mimic_guarded", "mimic_alone"):
             extra = f" ({s['refused']} refused)"
         made = f"{s['messages']:,}" if name == "real" else f"{s['messages']}/{s['asked']}"
-        out.append(f"{LABELS[name]:28}{_num(s['fidelity']):>9}{_num(s['fidelity_novel']):>11}"
+        on_new = f"{_num(s['fidelity_novel'])} ({s['new_messages']})"
+        out.append(f"{LABELS[name]:28}{_num(s['fidelity']):>9}{on_new:>14}"
                    f"{_pct(s['copy_rate']):>11}{_num(s['mean_longest_span'], '{:.1f}'):>13}"
                    f"{_pct(s['exact_copy_rate']):>13}  {made}{extra}")
     out.append(f"{'chance':28}{_num(cls['chance']):>9}")

@@ -141,10 +141,14 @@ def _system(attributor: Any, index: Any, samples: dict[str, list[str]], asked: i
     from bot.eval_novelty import COPY_SPAN, measure
 
     fid = attributor.score(samples)
-    novel = {s: [t for t in texts if index.longest_span(t) < COPY_SPAN] for s, texts in samples.items()}
+    # New: neither copies 40 characters nor reposts a whole training message (a short one included), so a
+    # generator's fidelity on what it actually wrote can be told from the classifier recognising its reposts.
+    novel = {s: [t for t in texts if index.longest_span(t) < COPY_SPAN and not index.is_exact_copy(t)]
+             for s, texts in samples.items()}
     fid_novel = attributor.score(novel)
     nov = measure(index, [t for texts in samples.values() for t in texts])
     return {"fidelity": fid.mean, "fidelity_micro": fid.micro, "fidelity_novel": fid_novel.mean,
+            "new_messages": sum(len(texts) for texts in novel.values()),
             "per_speaker": fid.per_speaker, "fidelity_by_length": attributor.by_length(samples),
             "asked": asked * len(samples), **nov.as_dict()}
 
