@@ -7,11 +7,15 @@ next to the double-dash spellings.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 
 from bot.errors import UsageError
+
+DARKNET_SEED = "\n\n"  # examples/rnn.c's default -seed
+MIMIC_SEED = "\n"  # a record boundary: where a Mimic model's text starts
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
@@ -146,10 +150,16 @@ def run_generate(args: argparse.Namespace) -> int:
     if args.len < 0:
         raise UsageError("-len must be zero or more")
     generator = load_generator(args.model)
-    seed = unescape_seed(args.seed)
     if darknet_cli.is_darknet_model(generator.session):  # Darknet's semantics: cut-off, its sampler, raw bytes
-        darknet_cli.generate(generator.session, seed, args.len, args.temp, args.srand, args.top_k, args.top_p)
+        # The seed's bytes as typed (os.fsencode undoes how Python decoded them), backslashes included.
+        seed_bytes = os.fsencode(DARKNET_SEED if args.seed is None else args.seed)
+        darknet_cli.generate(generator.session, seed_bytes, args.len, args.temp, args.srand, args.top_k, args.top_p)
         return 0
+    seed = unescape_seed(MIMIC_SEED if args.seed is None else args.seed)
+    try:
+        seed.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError("-seed is not valid UTF-8 text") from None
     out = sys.stdout
     out.write(seed)
     for piece in generator.stream(seed, args.len, args.temp, args.srand, args.top_k, args.top_p):
@@ -208,7 +218,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="generate text from a model (Darknet's rnn generate)")
     p.add_argument("model", nargs="+", metavar="MODEL", help="an .onnx model, or a Darknet CFG WEIGHTS pair")
     p.add_argument("-len", "--len", type=int, default=1000, help="bytes to generate (default 1000)")
-    p.add_argument("-seed", "--seed", default="\n", help='text to start from (default "\\n")')
+    p.add_argument("-seed", "--seed", default=None,
+                   help='text to start from. Darknet models: its bytes as typed, default two newlines, as '
+                        './darknet; Mimic models: \\n and \\t read as newline and tab, default one newline')
     p.add_argument("-srand", "--srand", type=int, default=None, help="random seed (default: a fresh one)")
     p.add_argument("-temp", "--temp", type=float, default=0.7, help="temperature (default 0.7)")
     p.add_argument("--top-k", type=int, default=None)

@@ -119,10 +119,11 @@ def darknet_probabilities(logits: np.ndarray, temperature: float) -> np.ndarray:
     z = np.asarray(logits, dtype=np.float32)
     t = np.float32(temperature)
     largest = z.max()
-    d = z / t - largest / t  # each term divided separately, as Darknet does
-    e = np.exp(d.astype(np.float64)).astype(np.float32)  # C's exp() on a float, stored back to float
-    total = np.add.accumulate(e, dtype=np.float32)[-1]  # float accumulation in index order
-    p = e / total
+    with np.errstate(over="ignore", invalid="ignore"):  # a tiny -temp overflows to inf/nan, as in C, silently
+        d = z / t - largest / t  # each term divided separately, as Darknet does
+        e = np.exp(d.astype(np.float64)).astype(np.float32)  # C's exp() on a float, stored back to float
+        total = np.add.accumulate(e, dtype=np.float32)[-1]  # float accumulation in index order
+        p = e / total
     p[p.astype(np.float64) < CUTOFF] = 0  # C compares the float with the double .0001, not with float(.0001)
     return p
 

@@ -403,7 +403,8 @@ def _size_mismatch(name: str, cfg: DarknetCfg, actual: int, expected: int, heade
         problem += "written for a smaller network"
     else:
         problem = f"is {actual:,} bytes but {cfg.path} ({what}) needs only {expected:,} bytes: "
-        problem += f"{actual - expected:,} trailing bytes, or written for a larger network"
+        extra = actual - expected
+        problem += f"{extra:,} trailing byte{'s' if extra != 1 else ''}, or written for a larger network"
     fit = _hidden_that_fits(cfg, actual, header)
     hint = f"; the size fits output={fit}: is the cfg right?" if fit else "; check the file and the cfg"
     return f"{name} {problem}{hint}"

@@ -1,5 +1,6 @@
 """`mimic train/export/generate/eval` through the real entry point: outputs, exit codes, one-line errors."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -147,3 +148,9 @@ def test_ctrl_c_saves_a_checkpoint_first(tmp_path: Path, repeated_text_file: Pat
     err = b"".join(chunks).decode(errors="replace")
     assert "resume with" in err and "Traceback" not in err
     assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] >= 1
+
+
+def test_seed_that_is_not_utf8_is_one_line_and_exit_2(tiny_model: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["generate", str(tiny_model), "-len", "5", "-seed", os.fsdecode(b"J\xff"), "-srand", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["mimic: -seed is not valid UTF-8 text"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -134,6 +135,34 @@ def test_raw_bytes_empty_seed_and_length(tmp_path: Path, capsysbinary) -> None:
     assert generate(capsysbinary, cfg, weights, "-srand", "5", "-seed", "ab", "-len", "0") == b"ab\n"
 
 
+def test_seed_is_fed_as_darknet_feeds_it(tmp_path: Path, capsysbinary) -> None:
+    """Default two newlines; backslashes and non-UTF-8 bytes as typed (Darknet reads argv as bytes)."""
+    net = random_net(hidden=8, layers=1, seed=3)
+    cfg, weights = tmp_path / "r.cfg", tmp_path / "r.weights"
+    cfg.write_text(cfg_for(net))
+    weights.write_bytes(pack_weights(net))
+    skip = 256 * 8 + 2 * 8 * 8 + 8 * 256
+    assert generate(capsysbinary, cfg, weights, "-srand", "3", "-len", "30", "-temp", "0.9") == \
+        b"\n\n" + darknet_sampled(net, b"\n\n", 30, 0.9, 3, skip) + b"\n"
+    assert generate(capsysbinary, cfg, weights, "-srand", "3", "-seed", "JON\\n", "-len", "30") == \
+        b"JON\\n" + darknet_sampled(net, b"JON\\n", 30, 0.7, 3, skip) + b"\n"
+    raw = b"J\xffO"
+    assert generate(capsysbinary, cfg, weights, "-srand", "3", "-seed", os.fsdecode(raw), "-len", "30") == \
+        raw + darknet_sampled(net, raw, 30, 0.7, 3, skip) + b"\n"
+
+
+def test_cfg_found_by_content_and_swapped_order_named(tmp_path: Path, capsysbinary) -> None:
+    net = random_net(hidden=8, layers=1, seed=3)
+    cfg, weights = tmp_path / "rnn_cfg.txt", tmp_path / "grrm.bin"  # Darknet takes any names
+    cfg.write_text("# a comment first\n\n" + cfg_for(net))
+    weights.write_bytes(pack_weights(net))
+    assert generate(capsysbinary, cfg, weights, "-srand", "1", "-seed", "ab", "-len", "0") == b"ab\n"
+    for argv in (["generate", str(weights), str(cfg)], ["export", str(weights), str(cfg), str(tmp_path / "o.onnx")]):
+        assert main(argv) == 2
+        err = capsysbinary.readouterr().err.decode().strip().splitlines()
+        assert len(err) == 1 and "the order is CFG WEIGHTS" in err[0] and str(cfg) in err[0], err
+
+
 def test_checkpoint_to_darknet_files_and_back(trained: dict, tmp_path: Path, capsysbinary) -> None:
     out = tmp_path / "mine.weights"
     assert main(["export", str(trained["ckpt"]), str(out), "--darknet"]) == 0
@@ -190,5 +219,5 @@ assert main(["export", {str(cfg)!r}, {str(weights)!r}, {str(tmp_path / "t.onnx")
 """
     proc = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, timeout=120)
     assert proc.returncode == 0, proc.stderr.decode()
-    assert len(proc.stdout) == 1 + 10 + 1  # the default seed "\n", ten bytes, "\n"
+    assert len(proc.stdout) == 2 + 10 + 1  # Darknet's default seed "\n\n", ten bytes, "\n"
     assert b"needs torch: pip install 'mimic[train]'" in proc.stderr
