@@ -51,6 +51,12 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # `mimic generate | head` is a normal way to read a little
         return 0
+    except OSError as exc:  # a path that cannot be read or written (--out, --json, ...): the user's to fix
+        if args.verbose:
+            raise
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"mimic: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
 
 
 def entry_point() -> None:

@@ -69,17 +69,18 @@ def run_train(args: argparse.Namespace) -> int:
         slots = CHAT_SPEAKER_SLOTS if args.db and args.arch in ("gru", "lstm") else 0
     try:
         model_cfg = ModelConfig(arch=args.arch, hidden=args.hidden,
-                                layers=args.layers or (3 if args.arch == "darknet-rnn" else 1), dropout=args.dropout,
+                                layers=args.layers if args.layers is not None else (3 if args.arch == "darknet-rnn" else 1), dropout=args.dropout,
                                 batch_norm=not args.no_batch_norm, speaker_slots=slots)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
-    budget = args.time_budget if (args.steps or args.time_budget) else 600.0
+    budget = args.time_budget if (args.steps is not None or args.time_budget is not None) else 600.0
     train_cfg = TrainConfig(steps=args.steps, time_budget=budget, batch_size=args.batch_size, seq_len=args.seq_len,
                             lr=args.lr, valid_fraction=args.valid_fraction, eval_every=args.eval_every,
                             checkpoint_every=args.checkpoint_every, seed=args.seed, device=args.device,
                             precision=args.precision, threads=args.threads)
     data = chat_store_data(args.db, args.valid_fraction) if args.db else text_file_data(args.file or args.file_flag)
     out = Path(args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
+    out.mkdir(parents=True, exist_ok=True)  # a run directory that cannot be made fails now, not after training
     bar = TrainingBar(train_cfg.steps, train_cfg.time_budget)
     try:
         result, onnx_path = train_and_export(data, model_cfg, train_cfg, out, resume=args.resume,
@@ -185,6 +186,8 @@ def run_eval(args: argparse.Namespace) -> int:
         print(f"mimic: wrote {plot_training_curve(args.plot, args.png)}", file=sys.stderr)
     if not args.model:
         return 0
+    if args.json:
+        _check_writable(args.json)
     if args.db:
         cfg = evaluation.EvalConfig(samples=args.samples, min_messages=args.min_messages,
                                     max_speakers=args.max_speakers, srand=args.srand, temperature=args.temp,
@@ -198,6 +201,17 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.json:
         eval_report.write_json(report, args.json)
     return 0
+
+
+def _check_writable(path: str) -> None:
+    """Fail now, not after minutes of work, when `path` cannot be written (raises OSError)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    existed = p.exists()
+    with open(p, "a", encoding="utf-8"):
+        pass
+    if not existed:
+        p.unlink()
 
 
 def register(sub: argparse._SubParsersAction) -> None:

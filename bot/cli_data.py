@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from bot.errors import ConfigError, UsageError
@@ -52,9 +53,17 @@ def run_ingest(args: argparse.Namespace) -> int:
     from training.ingest import ingest_paths
     from training.store import Store
 
-    with Store.open(args.db) as store, _ProgressBar("files") as bar:
-        report = ingest_paths(store, args.paths, fmt=args.format, speaker=args.speaker, include_bots=args.include_bots,
-                              include_private=args.include_private, progress=bar)
+    db = Path(args.db)
+    new_store = not db.exists()
+    try:
+        with Store.open(db) as store, _ProgressBar("files") as bar:
+            report = ingest_paths(store, args.paths, fmt=args.format, speaker=args.speaker,
+                                  include_bots=args.include_bots, include_private=args.include_private, progress=bar)
+    except BaseException:
+        if new_store:  # an ingest that failed leaves no empty store behind to be mistaken for a real one
+            for leftover in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+                leftover.unlink(missing_ok=True)
+        raise
     print(report.summary())
     return 0
 

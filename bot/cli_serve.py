@@ -46,14 +46,34 @@ def retrain_hook(settings: Settings) -> Retrain | None:
 
 
 def build_commands(settings: Settings, *, watch: bool = True,
-                   store_must_exist: bool = False) -> tuple[Commands, ModelGate, StoreAccess | None]:
-    """The command layer over the configured model and store: (commands, gate, stores or None)."""
+                   one_shot: bool = False) -> tuple[Commands, ModelGate, StoreAccess | None]:
+    """The command layer over the configured model and store: (commands, gate, stores or None).
+
+    A bot creates its store when there is none, to capture messages into it; but a store is also where
+    opt-outs and forget requests are kept, and a model's people who are missing from it count as forgotten.
+    So a model that knows people with no store where one was named (--db, or [storage] database) is a wrong
+    path, refused; a bot would refuse everyone from a new empty store, so that is refused too. `one_shot`
+    (`mimic impersonate`, `mimic who`): the model must be there, and without a store (none named, the
+    default path empty) nobody's opt-out can be checked, which is said on stderr."""
     from bot.capture import StoreAccess
     from bot.commands import Commands, ModelGate
 
     db = settings.storage.database_path
-    stores = StoreAccess(db) if not store_must_exist or db.is_file() else None
     gate = ModelGate.from_settings(settings, **({} if watch else {"watch_seconds": None}))
+    try:
+        service = gate.loaded()
+        if one_shot and service is None:
+            gate.service()  # raises the one-line reason the model could not be loaded
+        people = len(service.holder.get().speakers) if service is not None else 0
+        if people and not db.is_file():
+            if settings.storage.database or not one_shot:
+                raise UsageError(f"{db}: no such message store, but the model knows {people} people; is the path "
+                                 "right? (--db, or [storage] database in the config: opt-outs are kept there)")
+            log.warning("no message store at %s: opt-outs are not checked (--db PATH names the store)", db)
+    except BaseException:
+        gate.close()
+        raise
+    stores = StoreAccess(db) if not one_shot or db.is_file() else None
     return Commands(settings, gate, stores, retrain=retrain_hook(settings)), gate, stores
 
 
@@ -110,7 +130,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def run_impersonate(args: argparse.Namespace) -> int:
     settings = load(args)
-    commands, gate, _ = build_commands(settings, watch=False, store_must_exist=True)
+    commands, gate, _ = build_commands(settings, watch=False, one_shot=True)
     try:
         reply = commands.write_as(args.name, args.prompt, temperature=args.temp, srand=args.srand)
     finally:
@@ -123,7 +143,7 @@ def run_who(args: argparse.Namespace) -> int:
     from bot.commands import CONSOLE, Invocation
 
     settings = load(args)
-    commands, gate, _ = build_commands(settings, watch=False, store_must_exist=True)
+    commands, gate, _ = build_commands(settings, watch=False, one_shot=True)
     try:
         reply = commands.handle(Invocation(CONSOLE, "cli", CONSOLE, "who"))
     finally:

@@ -65,6 +65,31 @@ def _named_messages(path: Path, report: IngestReport) -> Iterator[tuple[str, int
         report.warn(f"{path}: {unparsed} lines not in `name: text` form skipped")
 
 
+def _transcript_lines(path: Path) -> tuple[int, int]:
+    """(lines that start a `name: text` message, other lines that are neither blank, continued nor a channel)."""
+    named = other = 0
+    for _, line in _lines(path, IngestReport()):
+        if not line.strip() or line[:1] in (" ", "\t") or _CHANNEL_LINE.match(line):
+            continue
+        if _NAMED_LINE.match(line):
+            named += 1
+        else:
+            other += 1
+    return named, other
+
+
+def _check_transcript(path: Path) -> None:
+    """A file that is mostly not `name: text` lines is prose, not a chat: its few lines with a colon would make
+    speakers of phrases ("Give me thy hand"). Refused before anything is stored."""
+    named, other = _transcript_lines(path)
+    if not named:
+        raise BadInputError(f"{path}: no `name: text` lines; pass --speaker NAME for one person's text")
+    if other > named:
+        raise BadInputError(f"{path}: {other:,} of {named + other:,} lines are not in `name: text` form, so it is "
+                            "not a chat transcript; pass --speaker NAME to learn it as one person's text, or "
+                            "train on the file itself (mimic train FILE)")
+
+
 def _speaker_messages(path: Path, speaker: str, report: IngestReport) -> Iterator[tuple[str, int, str, str]]:
     for number, line in _lines(path, report):
         if line.strip():
@@ -110,18 +135,19 @@ def ingest_text_files(
     report = report if report is not None else IngestReport()
     files = [Path(p) for p in paths]
     for path in files:
+        if path.is_dir():
+            raise BadInputError(f"{path}: a folder; give the text files in it (e.g. {path}/*.txt)")
         if not path.is_file():
             raise BadInputError(f"{path}: no such file")
     if speaker is not None and not normalize.clean_text(speaker):
         raise BadInputError("--speaker needs a name")
+    if speaker is None:
+        for path in files:
+            _check_transcript(path)
     store.upsert_workspace(PLATFORM, WORKSPACE, "plain text")
     writer = BatchWriter(store, report)
     for done, path in enumerate(files, 1):
-        before = report.stored + writer.pending + sum(report.skipped.values())
         _ingest_file(path, store, writer, speaker)
-        if report.stored + writer.pending + sum(report.skipped.values()) == before and speaker is None:
-            writer.flush()
-            raise BadInputError(f"{path}: no `name: text` lines; pass --speaker NAME for one person's text")
         report.files += 1
         if progress is not None:
             progress(IngestProgress(str(path), done, len(files), report.stored))

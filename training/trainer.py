@@ -62,6 +62,12 @@ class TrainConfig:
             raise BadInputError("--time-budget must be positive")
         if self.batch_size < 1 or self.seq_len < 1:
             raise BadInputError("--batch-size and --seq-len must be at least 1")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise BadInputError(f"--lr must be a positive number, not {self.lr}")
+        if self.threads is not None and self.threads < 1:
+            raise BadInputError("--threads must be at least 1")
+        if self.eval_every < 0 or self.checkpoint_every < 0:
+            raise BadInputError("--eval-every and --checkpoint-every must be zero or more")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise BadInputError(f"unknown device {self.device!r}; use auto, cpu or cuda")
 

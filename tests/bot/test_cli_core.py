@@ -105,12 +105,19 @@ def test_train_on_a_store_is_speaker_conditioned_and_resume_keeps_the_slots(tmp_
     ("model", ["generate", "{model}", "-temp", "0"], "temperature"),
     ("model", ["generate", "{model}", "-temp", "-1"], "temperature"),
     ("model", ["eval", "{model}", "{tmp}/missing.txt"], "no such file"),
+    ("long", ["train", "{tmp}/long.txt", "--steps", "1", "--lr", "-1"], "--lr must be a positive number"),
+    ("long", ["train", "{tmp}/long.txt", "--steps", "1", "--threads", "0"], "--threads must be at least 1"),
+    ("long", ["train", "{tmp}/long.txt", "--time-budget", "0"], "--time-budget must be positive"),
+    ("long", ["train", "{tmp}/long.txt", "--steps", "1", "--layers", "0"], "layers must be at least 1"),
+    ("long", ["train", "{tmp}/long.txt", "--steps", "1", "--out", "{tmp}/long.txt/run"], "Not a directory"),
+    ("model", ["eval", "{model}", "{tmp}/long.txt", "--json", "{tmp}/long.txt/e.json"], "long.txt"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, tiny_model: Path, make, args, needle) -> None:
     (tmp_path / "empty.txt").write_bytes(b"")
     (tmp_path / "adir").mkdir()
     (tmp_path / "short.txt").write_text("tiny")
     (tmp_path / "garbage.pt").write_bytes(b"\x00garbage" * 10)
+    (tmp_path / "long.txt").write_text("the quick brown fox jumps over the lazy dog. " * 200)
     argv = [a.format(tmp=tmp_path, model=tiny_model) for a in args]
     assert_one_line_error(run_cli(*argv), needle)
 

@@ -123,6 +123,12 @@ def test_bad_zip_exits_2_with_one_line_and_the_store_untouched(cwd):
     assert _dump(cwd / "data" / "mimic.db") == before
 
 
+def test_a_failed_ingest_leaves_no_new_store_behind(cwd, capsys):
+    assert main(["ingest", "missing.zip", "--db", "new.db"]) == 2
+    _one_line_error(capsys.readouterr().err, "no such file")
+    assert not list(cwd.glob("new.db*"))
+
+
 def test_cannot_tell_the_format(cwd, capsys):
     (cwd / "mystery.bin").write_bytes(b"\x00")
     assert main(["ingest", "mystery.bin"]) == 2

@@ -50,6 +50,29 @@ def test_no_model_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> 
     one_line_error(capsys, "no model loaded yet")
 
 
+def test_a_store_named_but_missing_is_refused_not_created(chat_world: ChatWorld, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    """Opt-outs live in the store: a mistyped --db must not write as someone who opted out, nor make a bot
+    take everyone for forgotten from a new empty store."""
+    typo = tmp_path / "mimic.dbx"
+    for args in (["impersonate", "grace"], ["who"]):
+        assert main([*args, "--model", str(chat_world.model), "--db", str(typo)]) == 2
+        one_line_error(capsys, "no such message store, but the model knows 6 people")
+    monkeypatch.setattr(sys, "stdin", io.StringIO("who\n"))
+    assert main(["serve", "console", "--model", str(chat_world.model), "--db", str(typo)]) == 2
+    one_line_error(capsys, "is the path right?")
+    monkeypatch.setattr(sys, "stdin", io.StringIO("who\n"))
+    assert main(["serve", "console", "--model", str(chat_world.model), "--data-dir", str(tmp_path)]) == 2
+    one_line_error(capsys, "no such message store")  # the default store, empty, would refuse everyone
+    assert not typo.exists() and not (tmp_path / "mimic.db").exists()
+
+
+def test_who_without_a_model_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["who", "--model", str(tmp_path / "nope.onnx")]) == 2
+    one_line_error(capsys, "no model loaded yet")
+
+
 def test_who(chat_world: ChatWorld, db: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["who", "--model", str(chat_world.model), "--db", str(db)]) == 0
     out = capsys.readouterr().out

@@ -45,6 +45,19 @@ def test_named_lines_with_channels_and_continuations(tmp_path, store):
     assert store.find_user("Lady Macbeth").speaker == "Lady_Macbeth"
 
 
+def test_prose_is_not_taken_for_a_chat(tmp_path, store):
+    """A play or a novel has a few lines with a colon; they must not become speakers, nor anything be stored."""
+    chat = tmp_path / "chat.txt"
+    chat.write_text("ada: hi\nbob: hello\n", encoding="utf-8")
+    prose = tmp_path / "play.txt"
+    prose.write_text("ACT I. SCENE 1.\nEnter KING HENRY\nGive me thy hand: I am glad\nExeunt\n", encoding="utf-8")
+    with pytest.raises(BadInputError, match=r"3 of 4 lines are not in `name: text` form.*--speaker NAME"):
+        ingest_text_files([chat, prose], store)
+    assert _corpus(store) == []
+    ingest_text_files([prose], store, speaker="shakespeare")
+    assert {speaker for _, speaker, _ in _corpus(store)} == {"shakespeare"}
+
+
 def test_one_speaker_darknet_style(tmp_path, store):
     path = tmp_path / "tiny.txt"
     path.write_text("first line\r\n\r\nname: not a speaker here\nlast\x1e line\n", encoding="utf-8")
