@@ -17,6 +17,7 @@ from training.store import MessageRecord, NameCollision, Store
 log = logging.getLogger(__name__)
 
 BATCH_SIZE = 5000
+_COLLISIONS_SHOWN = 10
 _MAX_WARNINGS = 200  # a report keeps this many; the log has them all
 
 
@@ -56,7 +57,8 @@ class IngestReport:
     def add_collisions(self, collisions: Iterable[NameCollision]) -> None:
         for c in collisions:
             self.collisions.append(c)
-            self.warn(f"speaker name '{c.wanted}' is taken; {c.platform} user {c.platform_id} is '{c.speaker}'")
+            if len(self.collisions) <= _COLLISIONS_SHOWN:  # a whole team seen again elsewhere: the count says it
+                self.warn(f"speaker name '{c.wanted}' is taken; {c.platform} user {c.platform_id} is '{c.speaker}'")
 
     def summary(self) -> str:
         text = (
@@ -65,7 +67,11 @@ class IngestReport:
         )
         if self.skipped:
             top = ", ".join(f"{reason} {n}" for reason, n in self.skipped.most_common(6))
-            text += f"; skipped {sum(self.skipped.values())} ({top})"
+            more = ", ..." if len(self.skipped) > 6 else ""
+            text += f"; skipped {sum(self.skipped.values())} ({top}{more})"
+        if len(self.collisions) > _COLLISIONS_SHOWN:
+            text += (f"; {len(self.collisions)} people took another name, as theirs was taken by someone on another "
+                     "platform or workspace (the first few are in the warnings)")
         return text
 
 
