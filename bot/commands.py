@@ -1,6 +1,7 @@
 """Mimic's verbs, the same on every platform: an `Invocation` (who, where, what) in, a `Reply` out.
 
-    impersonate <person> [prompt]   write a message as <person>, posted under their name + a marker
+    impersonate <person> [prompt]   write a message as <person>, posted under their name + a marker;
+                                    <person> may run over several words ("Sir Toby"), or be "quoted"
     who                             who can be impersonated, with message counts
     optout / optin                  stop (or allow again) being impersonated and learned from
     help
@@ -35,9 +36,9 @@ from engine.errors import EngineError, ModelLoadError, OptedOutError, UnknownSpe
 from engine.impersonate import ImpersonationConfig
 from engine.model_source import ModelHolder
 from engine.service import ImpersonationService
-from engine.speakers import Speaker
+from engine.speakers import Speaker, SpeakerDirectory
 from training import normalize
-from training.errors import TrainingError
+from training.errors import TrainingError, UnknownUserError
 from training.store import UserRecord
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,9 @@ _WHO_LINES = 40
 # A person as typed: a platform mention (<@U1>, <@U1|name>, <@!123>), a "quoted name", or one word.
 _PERSON = re.compile(r'^\s*(<@!?[A-Za-z0-9]+(?:\|[^>]*)?>|"[^"]+"|\S+)\s*(.*)$', re.DOTALL)
 _MENTION = re.compile(r"^<@!?(?P<id>[A-Za-z0-9]+)(?:\|(?P<label>[^>]*))?>$")
+_WORD = re.compile(r"\S+")
+# An unquoted name may run over this many words ("King Edward hello": "King Edward", then the opening words).
+MAX_NAME_WORDS = 6
 
 Notify = Callable[[str], None]
 # The admin `retrain` hook: (requested_by "platform:user id", report progress privately) -> the first reply.
@@ -56,7 +60,9 @@ Notify = Callable[[str], None]
 Retrain = Callable[[str, Notify], str]
 
 HELP = {
-    "impersonate": "impersonate <person> [opening words] - write a message the way <person> would",
+    "impersonate": "impersonate <person> [opening words] - write a message the way <person> would; <person> "
+                   "is a name as `who` shows it, spaces and all (`impersonate Sir Toby Good morrow`), "
+                   'or "in quotes"',
     "who": "who - the people I can write as, with how many of their messages I learned from",
     "optout": "optout - never impersonate me or learn from my messages",
     "optin": "optin - undo optout",
@@ -182,6 +188,28 @@ def split_person(args: str) -> tuple[str, str]:
     return person, m.group(2).strip()
 
 
+def name_forms(name: str) -> list[str]:
+    """The ways `name` may be stored: as typed, its words one space apart, and joined by underscores (a
+    corpus speaker name: `King Edward` is the speaker `King_Edward`)."""
+    words = name.split()
+    return list(dict.fromkeys([name, " ".join(words), "_".join(words)])) if words else [name]
+
+
+def leading_names(args: str, most: int = MAX_NAME_WORDS) -> list[tuple[str, str]]:
+    """(name, rest) for each run of two or more leading words of an unquoted `args`, longest first:
+    `King Edward hi` -> [("King Edward hi", ""), ("King Edward", "hi")]."""
+    words = list(_WORD.finditer(args))
+    return [(" ".join(w.group() for w in words[:k]), args[words[k - 1].end():].strip())
+            for k in range(min(len(words), most), 1, -1)]
+
+
+def _plain_name(args: str) -> bool:
+    """Whether `args` starts with a plain word (not a mention, not a "quoted name"): a name that may run
+    over several words."""
+    m = _PERSON.match(args)
+    return bool(m) and not (m.group(1).startswith('"') or _MENTION.match(m.group(1)))
+
+
 def shown_name(user: UserRecord | None, speaker: Speaker) -> str:
     if user is not None:
         return user.display_name or user.real_name or user.handle or speaker.shown_name
@@ -218,15 +246,24 @@ class Commands:
             person, prompt = split_person(inv.args)
             if not person:
                 return self._private(inv, f"usage: {HELP[inv.command].split(' - ')[0]}")
-            if len(prompt) > self.settings.limits.max_prompt_chars:
-                return self._private(inv, f"the opening words are too long ({len(prompt)} characters; at most "
-                                          f"{self.settings.limits.max_prompt_chars}).")
+            # Where an unquoted name ends ("King Edward hi") takes the store and the model to tell, so only
+            # a mention's or a quoted name's opening words are measured here; _cmd_impersonate measures all.
+            if inv.command == "impersonate" and not _plain_name(inv.args):
+                too_long = self._prompt_too_long(inv, prompt)
+                if too_long is not None:
+                    return too_long
         if inv.command == "impersonate" and inv.platform != CONSOLE:
             rules = self.settings.speak_rules(inv.platform)
             if not rules.allows(inv.channel_id, inv.channel_name, inv.channel_kind):
                 where = "public channels" if inv.channel_kind == "public" else "DMs and private channels"
                 return self._private(inv, f"I don't post in this channel ({where} must be listed in "
                                           f"[{inv.platform}] speak_channels).")
+        return None
+
+    def _prompt_too_long(self, inv: Invocation, prompt: str) -> Reply | None:
+        if len(prompt) > self.settings.limits.max_prompt_chars:
+            return self._private(inv, f"the opening words are too long ({len(prompt)} characters; at most "
+                                      f"{self.settings.limits.max_prompt_chars}).")
         return None
 
     def handle(self, inv: Invocation) -> Reply:
@@ -255,9 +292,12 @@ class Commands:
         return self._generate(service, platform, speaker, user, prompt, temperature, srand)
 
     def _cmd_impersonate(self, inv: Invocation) -> Reply:
-        person, prompt = split_person(inv.args)
         service = self._service()
-        speaker, user = self._resolve(inv.platform, person, service)  # refusals do not count as requests
+        person, prompt, also = self._split_impersonation(inv.platform, inv.args, service)
+        too_long = self._prompt_too_long(inv, prompt)
+        if too_long is not None:
+            return too_long
+        speaker, user = self._resolve(inv.platform, person, service, also)  # refusals do not count as requests
         if inv.platform != CONSOLE:  # limits protect shared channels; the console is one person's terminal
             self.limits.acquire(f"{inv.platform}:{inv.user_id}", f"{inv.platform}:{inv.channel_id}")
         context = None
@@ -283,9 +323,41 @@ class Commands:
             raise ModelLoadError("no model loaded: start Mimic with --model PATH (an .onnx file or a registry)")
         return self.models.service()
 
-    def _resolve(self, platform: str, person: str, service: ImpersonationService) -> tuple[Speaker, UserRecord | None]:
+    def _split_impersonation(self, platform: str, args: str,
+                             service: ImpersonationService) -> tuple[str, str, tuple[str, ...]]:
+        """(person, opening words, other names the user may have meant) of `impersonate`'s arguments.
+
+        A mention or a "quoted name" is the person as typed. Otherwise the person is the longest run of
+        leading words that names someone exactly (in the store or the model, by any name they go by, with
+        spaces or underscores): `King Edward hello` is King Edward and "hello" even when "King" is someone
+        too. When no run of two or more words names anyone, the first word is the person, as it always was
+        (`ada Good morning`); the first two words then come back as the other name meant, for the error."""
+        person, prompt = split_person(args)
+        if not _plain_name(args):
+            return person, prompt, ()
+        speakers = service.holder.get().speakers
+        for name, rest in leading_names(args):
+            if self._names_someone(platform, name, speakers):
+                return name, rest, ()
+        two = leading_names(args, 2)
+        return person, prompt, (two[0][0],) if two else ()
+
+    def _names_someone(self, platform: str, name: str, speakers: SpeakerDirectory) -> bool:
+        """Whether `name` is exactly some person's name, in the store (several people count: _resolve then
+        says whom it fits) or in the model."""
+        if self.people is not None:
+            try:
+                if self._find_user(platform, name)[0] is not None:
+                    return True
+            except UnknownUserError:  # fits several people
+                return True
+        return any(speakers.find(form) is not None for form in name_forms(name))
+
+    def _resolve(self, platform: str, person: str, service: ImpersonationService,
+                 also: tuple[str, ...] = ()) -> tuple[Speaker, UserRecord | None]:
         """The model's speaker for what was typed, and their store record; refuses unknown, opted-out and
-        forgotten people, and people with too few messages."""
+        forgotten people, and people with too few messages. `also`: other names the user may have meant,
+        for the "no such person" reply."""
         user, typed = self._find_user(platform, person)
         query = user.speaker if user is not None and user.speaker else typed
         if user is not None and (user.opted_out or user.forgotten):
@@ -294,12 +366,12 @@ class Commands:
         if not len(model.speakers):
             raise UnknownSpeakerError("this model was trained on plain text and knows no people; "
                                       "train it on a chat store (mimic train --db ...)")
-        speaker = model.speakers.find(query)
+        speaker = next((sp for form in name_forms(query) if (sp := model.speakers.find(form)) is not None), None)
         if speaker is None:
             if user is not None:
                 raise UnknownSpeakerError(f"{shown_name(user, Speaker(query, 0))} is not in the current model yet "
                                           "(it learns new people when it is retrained); try `who`.")
-            model.speakers.resolve(query)  # raises "no such person in the model; did you mean ..."
+            model.speakers.resolve(query, also=also)  # raises "no such person in the model; did you mean ..."
             raise UnknownSpeakerError(f"no such person in the model: {query}")  # unreachable in practice
         # Checked here as well as at generation, so asking for someone with too few messages costs no quota.
         model.speakers.resolve(speaker.name, min_messages=self.settings.limits.min_messages)
@@ -326,7 +398,17 @@ class Commands:
         person = person.lstrip("@")
         if self.people is None:
             return None, person
-        return self.people.find_person(person), person
+        for form in name_forms(person):
+            user = self.people.find_person(form)
+            if user is not None:
+                return user, form
+        return None, person
+
+    def _named(self, platform: str, args: str) -> tuple[UserRecord | None, str]:
+        """The person `forget`/`optout`/`optin` name: a mention or a "quoted name", else all the words
+        (`forget King Edward` must never forget "King"). As _find_user."""
+        person = split_person(args)[0] if not _plain_name(args) else " ".join(args.split())
+        return self._find_user(platform, person)
 
     # ---- the other verbs ------------------------------------------------------------------------------------
 
@@ -356,11 +438,10 @@ class Commands:
     def _consent(self, inv: Invocation, opted_out: bool) -> Reply:
         if self.people is None:
             raise UsageError("this Mimic runs without a message store, so there is nothing to opt out of.")
-        named, _ = split_person(inv.args)
-        if named:  # an admin acting for someone (the console, or a person who asked an admin)
+        if inv.args.strip():  # an admin acting for someone (the console, or a person who asked an admin)
             if not self.is_admin(inv):
                 raise UsageError(f"`{inv.command}` is for yourself; only admins can name someone else.")
-            user, named = self._find_user(inv.platform, named)
+            user, named = self._named(inv.platform, inv.args)
             if user is None:
                 raise UsageError(f"no one called '{named}' in the message store.")
             platform, platform_id, who = user.platform, user.platform_id, shown_name(user, Speaker(named, 0))
@@ -387,8 +468,7 @@ class Commands:
     def _cmd_forget(self, inv: Invocation) -> Reply:
         if self.people is None:
             raise UsageError("this Mimic runs without a message store; there is nothing to forget.")
-        person, _ = split_person(inv.args)
-        user, typed = self._find_user(inv.platform, person)
+        user, typed = self._named(inv.platform, inv.args)
         if user is None or user.speaker is None:
             raise UsageError(f"no one called '{typed}' in the message store.")
         name = shown_name(user, Speaker(user.speaker, 0))

@@ -9,6 +9,7 @@ unconditioned).
 from __future__ import annotations
 
 import difflib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from engine.errors import OptedOutError, TooFewMessagesError, UnknownSpeakerError
@@ -63,22 +64,35 @@ class SpeakerDirectory:
     def find(self, query: str) -> Speaker | None:
         return self._lookup.get(_key(query))
 
-    def suggestions(self, query: str, n: int = 3) -> list[str]:
+    def suggestions(self, query: str, n: int = 3, *, also: Sequence[str] = ()) -> list[str]:
+        """Up to `n` speaker names close to `query`, closest first. `also`: other readings of what was typed
+        (its first two words, say); the suggestions are those for the reading most like someone's name."""
         names = {_key(k): sp.name for k, sp in self._lookup.items()}
-        close = difflib.get_close_matches(_key(query), list(names), n=n * 2, cutoff=0.5)
+        best: tuple[float, list[str]] = (0.0, [])
+        for q in (query, *also):
+            typed = _key(q)
+            close = difflib.get_close_matches(typed, list(names), n=n * 2, cutoff=0.5)
+            if not close:
+                continue
+            top = difflib.SequenceMatcher(None, close[0], typed).ratio()  # as get_close_matches scores
+            if top > best[0]:
+                best = (top, close)
         out: list[str] = []
-        for c in close:
+        for c in best[1]:
             if names[c] not in out:
                 out.append(names[c])
         return out[:n]
 
-    def resolve(self, query: str, *, opted_out: frozenset[str] = frozenset(), min_messages: int = 0) -> Speaker:
-        """The speaker `query` names, or a SpeakerError whose message can be shown to the user as it is."""
+    def resolve(self, query: str, *, opted_out: frozenset[str] = frozenset(), min_messages: int = 0,
+                also: Sequence[str] = ()) -> Speaker:
+        """The speaker `query` names, or a SpeakerError whose message can be shown to the user as it is.
+        `also`: other names the user may have meant (multi-word readings), named in the error with `query`."""
         sp = self.find(query)
         if sp is None:
-            hint = self.suggestions(query)
+            hint = self.suggestions(query, also=also)
             more = f"; did you mean {', '.join(hint)}?" if hint else "; try `who` for the list"
-            raise UnknownSpeakerError(f"no such person in the model: {query.strip()}{more}")
+            nor = "".join(f" (nor {a.strip()})" for a in also)
+            raise UnknownSpeakerError(f"no such person in the model: {query.strip()}{nor}{more}")
         if sp.name in opted_out:
             raise OptedOutError(f"{sp.shown_name} has opted out of being impersonated, sorry.")
         if sp.messages < min_messages:
