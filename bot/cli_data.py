@@ -150,7 +150,8 @@ def run_stats(args: argparse.Namespace) -> int:
 def _format_stats(stats: dict[str, Any]) -> str:
     lines = [
         f"{stats['messages']:,} messages, {stats['chars']:,} characters, {len(stats['users'])} speakers, "
-        f"{len(stats['channels'])} channels" + (f", {stats['first'][:10]} to {stats['last'][:10]}" if stats["first"] else ""),
+        f"{len(stats['channels'])} channels" + (f", {stats['first'][:10]} to {stats['last'][:10]}" if stats["first"] else "")
+        + (f" ({stats['opted_out']} opted-out or forgotten people left out)" if stats.get("opted_out") else ""),
         "",
         f"{'speaker':<32} {'messages':>10} {'chars':>12}",
     ]

@@ -544,7 +544,8 @@ class Store:
         """Messages and characters of people (not bots, not opted out) per speaker and per channel.
 
         Shape: {"messages", "chars", "users": {speaker: {"messages", "chars"}}, "channels": {name:
-        {"messages"}}, "first", "last"} with the date range as ISO-8601 UTC (None when empty)."""
+        {"messages"}}, "first", "last", "opted_out"} with the date range as ISO-8601 UTC (None when empty);
+        "opted_out": people left out since they opted out or were forgotten."""
         users = {
             speaker: {"messages": n, "chars": chars or 0}
             for speaker, n, chars in self._conn.execute(
@@ -571,6 +572,9 @@ class Store:
             "channels": channels,
             "first": _iso(first),
             "last": _iso(last),
+            "opted_out": self._conn.execute(
+                "SELECT count(*) FROM users u WHERE u.is_bot = 0 AND (u.opted_out = 1 OR u.forgotten = 1)"
+            ).fetchone()[0],
         }
 
     def _corpus_where(self, filt: CorpusFilter) -> tuple[str, list[Any]]:

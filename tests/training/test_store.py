@@ -237,11 +237,16 @@ def test_speaker_counts_and_stats_count_humans_only(store):
         "channels": {"general": {"messages": 2}, "random": {"messages": 1}},
         "first": "2023-11-14T22:13:20+00:00",
         "last": "2023-11-15T22:13:20+00:00",
+        "opted_out": 0,
     }
+    store.set_opted_out("bob", True)
+    stats = store.stats()
+    assert stats["opted_out"] == 1 and list(stats["users"]) == ["alice"]
 
 
 def test_stats_of_an_empty_store(store):
-    assert store.stats() == {"messages": 0, "chars": 0, "users": {}, "channels": {}, "first": None, "last": None}
+    assert store.stats() == {"messages": 0, "chars": 0, "users": {}, "channels": {}, "first": None, "last": None,
+                             "opted_out": 0}
 
 
 def test_channels_sharing_a_name_are_told_apart(store):
