@@ -108,18 +108,19 @@ class DarknetCfg:
     softmax_temperature: float  # rnn generate overrides it with -temp; kept for the record
     net_options: dict[str, str] = field(default_factory=dict)
     shortcut: bool = False  # [rnn] shortcut=1: h_t = h_(t-1) + a + b
+    head_batch_norm: bool = False  # batch_normalize=1 on the [connected]
 
     def model_config(self) -> dict[str, Any]:
         """Our darknet-rnn configuration (training.models.ModelConfig.from_dict accepts it)."""
         return model_config_dict(self.hidden, self.layers, self.batch_norm, self.activation, self.final_activation,
-                                 self.shortcut)
+                                 self.shortcut, self.head_batch_norm)
 
 
 def model_config_dict(hidden: int, layers: int, batch_norm: bool, activation: str,
-                      final_activation: str, shortcut: bool = False) -> dict[str, Any]:
+                      final_activation: str, shortcut: bool = False, head_batch_norm: bool = False) -> dict[str, Any]:
     return {"arch": "darknet-rnn", "hidden": hidden, "layers": layers, "dropout": 0.0, "vocab": VOCAB,
             "batch_norm": batch_norm, "activation": activation, "final_activation": final_activation,
-            "shortcut": shortcut}
+            "shortcut": shortcut, "head_batch_norm": head_batch_norm}
 
 
 def read_sections(text: str, name: str) -> list[Section]:
@@ -164,9 +165,9 @@ def parse_cfg_text(text: str, name: str = "the cfg") -> DarknetCfg:
         log.info("%s: %s is ignored: it only affects training", name, sections[-1].label)
     rnns, connected, softmax = sections[1:1 + n_rnn], sections[1 + n_rnn], sections[2 + n_rnn]
     hidden, activation, batch_norm, shortcut = _rnn_settings(rnns, name)
-    final_activation = _connected_settings(connected, name)
+    final_activation, head_batch_norm = _connected_settings(connected, name)
     return DarknetCfg(name, n_rnn, hidden, activation, batch_norm, final_activation,
-                      _softmax_temperature(softmax, name), dict(net.options), shortcut)
+                      _softmax_temperature(softmax, name), dict(net.options), shortcut, head_batch_norm)
 
 
 def parse_cfg(path: str | Path) -> DarknetCfg:
@@ -247,15 +248,13 @@ def _rnn_settings(rnns: list[Section], name: str) -> tuple[int, str, bool, bool]
     return settings[0]
 
 
-def _connected_settings(s: Section, name: str) -> str:
+def _connected_settings(s: Section, name: str) -> tuple[str, bool]:
+    """The [connected] layer's activation and whether it is batch-normalised."""
     output = _int_option(s, "output", 1, name)
     if output != VOCAB:
         raise BadConfigError(f"{name}: {s.label}: output={output}; the last [connected] predicts one of "
                              f"{VOCAB} bytes, so set output={VOCAB}")
-    if _int_option(s, "batch_normalize", 0, name):
-        raise BadConfigError(f"{name}: {s.label}: batch_normalize=1 on the final [connected] is not supported; "
-                             "cfg/rnn.cfg has none there")
-    return _activation_option(s, name)
+    return _activation_option(s, name), _int_option(s, "batch_normalize", 0, name) != 0
 
 
 def _softmax_temperature(s: Section, name: str) -> float:
@@ -292,7 +291,7 @@ def blocks(config: Mapping[str, Any]) -> list[Block]:
     for i in range(int(config["layers"])):
         n_in = VOCAB if i == 0 else hidden
         out += [Block(f"rnns.{i}.{sub}", n_in if sub == "input_layer" else hidden, hidden, bn) for sub in SUBLAYERS]
-    return out + [Block("head", hidden, VOCAB, False)]
+    return out + [Block("head", hidden, VOCAB, bool(config.get("head_batch_norm", False)))]
 
 
 def header_size(major: int = 0, minor: int = 2) -> int:
@@ -413,7 +412,8 @@ def _size_mismatch(name: str, cfg: DarknetCfg, actual: int, expected: int, heade
 def _hidden_that_fits(cfg: DarknetCfg, actual: int, header: WeightsHeader) -> int | None:
     """The [rnn] output size that would explain a file of this size, to point at the likelier mistake."""
     for hidden in range(1, 8193):
-        config = model_config_dict(hidden, cfg.layers, cfg.batch_norm, cfg.activation, cfg.final_activation)
+        config = model_config_dict(hidden, cfg.layers, cfg.batch_norm, cfg.activation, cfg.final_activation,
+                                   cfg.shortcut, cfg.head_batch_norm)
         size = expected_weights_size(config, header.major, header.minor)
         if size == actual:
             return hidden
@@ -438,7 +438,7 @@ def load_darknet(cfg_path: str | Path, weights_path: str | Path) -> DarknetModel
 def _with_defaults(config: Mapping[str, Any]) -> dict[str, Any]:
     """Fill what a partial config dict leaves out with training.models.ModelConfig's defaults."""
     return {"batch_norm": True, "activation": "leaky", "final_activation": "leaky", "shortcut": False, "vocab": VOCAB,
-            **config}
+            "head_batch_norm": False, **config}
 
 
 def cfg_text(config: Mapping[str, Any]) -> str:
@@ -450,7 +450,8 @@ def cfg_text(config: Mapping[str, Any]) -> str:
     shortcut = "shortcut=1\n" if config["shortcut"] else ""
     parts += [f"[rnn]\nbatch_normalize={bn}\noutput={config['hidden']}\nhidden={config['hidden']}\n"
               f"activation={config['activation']}\n{shortcut}"] * int(config["layers"])
-    parts += [f"[connected]\noutput={VOCAB}\nactivation={config['final_activation']}\n", "[softmax]\n"]
+    head_bn = "batch_normalize=1\n" if config.get("head_batch_norm") else ""
+    parts += [f"[connected]\n{head_bn}output={VOCAB}\nactivation={config['final_activation']}\n", "[softmax]\n"]
     return "\n".join(parts)
 
 

@@ -37,6 +37,7 @@ class ModelConfig:
     activation: str = "leaky"  # darknet-rnn recurrent modules: leaky | linear | relu | tanh | logistic
     final_activation: str = "leaky"  # darknet-rnn's last [connected]; cfg/rnn.cfg says leaky
     shortcut: bool = False  # darknet-rnn's [rnn] shortcut=1: the state keeps a running sum, h_t = h_(t-1) + a + b
+    head_batch_norm: bool = False  # darknet-rnn's last [connected] with batch_normalize=1 (cfg/rnn.cfg has none)
     speaker_slots: int = 0  # gru/lstm: rows of the speaker embedding, row 0 = no speaker; 0: unconditioned
 
     def __post_init__(self) -> None:
@@ -175,7 +176,8 @@ class DarknetRNN(nn.Module):
             for i in range(cfg.layers)
         )
         self.drop = nn.Dropout(cfg.dropout)
-        self.head = DarknetConnected(cfg.hidden, cfg.vocab, batch_norm=False, activation=cfg.final_activation)
+        self.head = DarknetConnected(cfg.hidden, cfg.vocab, batch_norm=cfg.head_batch_norm,
+                                     activation=cfg.final_activation)
 
     def forward(self, tokens: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x, new_state = tokens, []

@@ -60,7 +60,13 @@ class Net:
                                 f"{p}.bn.rolling_mean": c.rolling_mean, f"{p}.bn.rolling_variance": c.rolling_variance})
                 else:
                     out[f"{p}.bias"] = c.biases
-        out["head.weight"], out["head.bias"] = self.head.weights, self.head.biases
+        out["head.weight"] = self.head.weights
+        if self.head.scales is not None:
+            out.update({"head.bn.scales": self.head.scales, "head.bn.biases": self.head.biases,
+                        "head.bn.rolling_mean": self.head.rolling_mean,
+                        "head.bn.rolling_variance": self.head.rolling_variance})
+        else:
+            out["head.bias"] = self.head.biases
         return out
 
 
@@ -76,14 +82,15 @@ def _connected(rng: np.random.Generator, n_in: int, n_out: int, bn: bool, gain: 
 
 
 def random_net(hidden: int = 16, layers: int = 3, bn: bool = True, activation: str = "leaky",
-               final_activation: str = "leaky", seed: int = 0, gain: float = 1.0, shortcut: bool = False) -> Net:
+               final_activation: str = "leaky", seed: int = 0, gain: float = 1.0, shortcut: bool = False,
+               head_bn: bool = False) -> Net:
     rng = np.random.default_rng(seed)
     rnns = []
     for i in range(layers):
         n_in = 256 if i == 0 else hidden
         rnns.append((_connected(rng, n_in, hidden, bn, gain), _connected(rng, hidden, hidden, bn, gain),
                      _connected(rng, hidden, hidden, bn, gain)))
-    head = _connected(rng, hidden, 256, False, gain * 2.0)
+    head = _connected(rng, hidden, 256, head_bn, gain * 2.0)
     return Net(rnns, head, activation, final_activation, shortcut)
 
 
@@ -109,7 +116,8 @@ def cfg_for(net: Net, hidden_field: int | None = None, batch: int = 1, time_step
     for _ in net.rnns:
         text += (f"[rnn]\nbatch_normalize={bn}\noutput = {net.hidden}\nhidden={hidden_field or net.hidden}\n"
                  f"activation={net.activation}\n{'shortcut=1' if net.shortcut else ''}\n\n")
-    return text + f"[connected]\noutput=256\nactivation={net.final_activation}\n\n[softmax]\n\n"
+    head_bn = "batch_normalize=1\n" if net.head.scales is not None else ""
+    return text + f"[connected]\n{head_bn}output=256\nactivation={net.final_activation}\n\n[softmax]\n\n"
 
 
 def activate(z: np.ndarray, kind: str) -> np.ndarray:

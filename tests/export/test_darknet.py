@@ -94,7 +94,7 @@ def test_published_rnn_cfg_makes_a_35_800_084_byte_weights_file() -> None:
     assert rand_draws_at_load(cfg) == 8_912_896  # one rand() per weight before the file is loaded
     assert cfg.model_config() == {"arch": "darknet-rnn", "hidden": 1024, "layers": 3, "dropout": 0.0, "vocab": 256,
                                   "batch_norm": True, "activation": "leaky", "final_activation": "leaky",
-                                  "shortcut": False}
+                                  "shortcut": False, "head_batch_norm": False}
     small = parse_cfg_text(RNN_CFG.replace("1024", "64"), "rnn64.cfg")
     assert expected_weights_size(small) == 272_404  # 20 + 4 * 68,096
 
@@ -107,10 +107,13 @@ def test_training_cfg_has_the_same_layout() -> None:
 # -------------------------------------------------------------------------------------- reading
 
 
-@pytest.mark.parametrize("layers,bn,act,final", [(3, True, "leaky", "leaky"), (1, False, "leaky", "linear"),
-                                                 (2, True, "logistic", "relu"), (2, False, "tanh", "leaky")])
-def test_reader_reconstructs_tensors_written_by_an_independent_writer(tmp_path: Path, layers, bn, act, final) -> None:
-    net = random_net(hidden=12, layers=layers, bn=bn, activation=act, final_activation=final, seed=layers)
+@pytest.mark.parametrize("layers,bn,act,final,head_bn", [
+    (3, True, "leaky", "leaky", False), (1, False, "leaky", "linear", False), (2, True, "logistic", "relu", False),
+    (2, False, "tanh", "leaky", False), (2, True, "leaky", "leaky", True)])
+def test_reader_reconstructs_tensors_written_by_an_independent_writer(tmp_path: Path, layers, bn, act, final,
+                                                                       head_bn) -> None:
+    net = random_net(hidden=12, layers=layers, bn=bn, activation=act, final_activation=final, seed=layers,
+                     head_bn=head_bn)
     model = load_darknet(*write_pair(tmp_path, net, seen=123_456_789_012))
     want = net.state_dict()
     assert set(model.weights) == set(want)
@@ -119,7 +122,8 @@ def test_reader_reconstructs_tensors_written_by_an_independent_writer(tmp_path: 
         np.testing.assert_array_equal(model.weights[key], value, err_msg=key)
     assert model.header.seen == 123_456_789_012 and (model.header.major, model.header.minor) == (0, 2)
     assert model.config == {"arch": "darknet-rnn", "hidden": 12, "layers": layers, "dropout": 0.0, "vocab": 256,
-                            "batch_norm": bn, "activation": act, "final_activation": final, "shortcut": False}
+                            "batch_norm": bn, "activation": act, "final_activation": final, "shortcut": False,
+                            "head_batch_norm": head_bn}
 
 
 @pytest.mark.parametrize("major,minor,seen_bytes,transposed", [(0, 1, 4, False), (0, 2, 8, False),
@@ -175,7 +179,7 @@ def test_writer_produces_the_same_bytes_as_the_independent_writer(tmp_path: Path
               "activation": "leaky", "final_activation": "leaky"}
     cfg, weights = write_darknet(tmp_path / "w.cfg", tmp_path / "w.weights", config, net.state_dict(), seen=4242)
     assert weights.read_bytes() == pack_weights(net, seen=4242)
-    assert parse_cfg(cfg).model_config() == {**config, "dropout": 0.0, "shortcut": False}
+    assert parse_cfg(cfg).model_config() == {**config, "dropout": 0.0, "shortcut": False, "head_batch_norm": False}
     text = cfg.read_text()
     assert "batch=1" in text and "time_steps=1" in text and text.count("[rnn]") == 3
 
@@ -264,7 +268,6 @@ BAD_CFGS = [
      r"section 4 \[connected\]: activation='swishy' is not a Darknet activation"),
     (RNN_CFG.replace("output = 1024", "output = 512", 1), r"section 2 \[rnn\].*differ from the first"),
     (RNN_CFG.replace("output=256", "output=255"), r"section 4 \[connected\]: output=255"),
-    (RNN_CFG.replace("output=256", "output=256\nbatch_normalize=1"), r"batch_normalize=1 on the final"),
     (RNN_CFG.replace("inputs=256", "inputs=128"), r"section 0 \[net\]: inputs=128"),
     (RNN_CFG.replace("output = 1024", "output = lots", 1), r"section 1 \[rnn\]: output='lots' is not a whole"),
     (RNN_CFG.replace("[softmax]\n", ""), r"\[rnn\] \+ \[rnn\] \+ \[rnn\] \+ \[connected\]; Mimic runs"),
@@ -285,15 +288,18 @@ def test_unsupported_cfgs_are_one_line_errors_naming_section_and_option(text: st
 # ------------------------------------------------------- the forward pass: torch, ONNX, reference
 
 
-@pytest.mark.parametrize("layers,bn,act,final,shortcut", [
-    (3, True, "leaky", "leaky", False), (2, False, "leaky", "linear", False), (2, True, "tanh", "logistic", False),
-    (1, True, "relu", "leaky", False), (3, True, "leaky", "leaky", True), (2, False, "tanh", "linear", True)])
+@pytest.mark.parametrize("layers,bn,act,final,shortcut,head_bn", [
+    (3, True, "leaky", "leaky", False, False), (2, False, "leaky", "linear", False, False),
+    (2, True, "tanh", "logistic", False, False), (1, True, "relu", "leaky", False, False),
+    (3, True, "leaky", "leaky", True, False), (2, False, "tanh", "linear", True, False),
+    (2, True, "leaky", "leaky", False, True)])
 def test_torch_onnx_and_reference_agree_on_weights_read_from_darknet_files(tmp_path: Path, layers, bn, act,
-                                                                           final, shortcut) -> None:
-    """shortcut=1 ([rnn] h_t = h_(t-1) + a + b) too, which cfg/rnn.cfg does not use. Its state is a running sum,
-    so its weights are drawn smaller: the same tolerances then hold over the whole prompt."""
+                                                                           final, shortcut, head_bn) -> None:
+    """shortcut=1 ([rnn] h_t = h_(t-1) + a + b) and batch_normalize=1 on the [connected] too, which
+    cfg/rnn.cfg does not use. A shortcut state is a running sum, so its weights are drawn smaller: the same
+    tolerances then hold over the whole prompt."""
     net = random_net(hidden=16, layers=layers, bn=bn, activation=act, final_activation=final, seed=11,
-                     shortcut=shortcut, gain=0.5 if shortcut else 1.0)
+                     shortcut=shortcut, gain=0.5 if shortcut else 1.0, head_bn=head_bn)
     model = load_darknet(*write_pair(tmp_path, net))
     assert model.config["shortcut"] is shortcut
     want, want_h = forward(net, TOKENS)
@@ -370,11 +376,12 @@ def _checkpoint(tmp_path: Path, cfg: ModelConfig) -> tuple[Path, torch.nn.Module
     return path, model
 
 
-@pytest.mark.parametrize("bn,shortcut", [(True, False), (False, False), (True, True)])
+@pytest.mark.parametrize("bn,shortcut,head_bn", [(True, False, False), (False, False, False), (True, True, False),
+                                                (True, False, True)])
 def test_round_trip_checkpoint_to_darknet_and_back_gives_identical_logits(tmp_path: Path, bn: bool,
-                                                                          shortcut: bool) -> None:
+                                                                          shortcut: bool, head_bn: bool) -> None:
     cfg = ModelConfig(arch="darknet-rnn", hidden=12, layers=2, batch_norm=bn, final_activation="linear",
-                      shortcut=shortcut)
+                      shortcut=shortcut, head_batch_norm=head_bn)
     ckpt, model = _checkpoint(tmp_path, cfg)
     files = export_checkpoint_to_darknet(ckpt, tmp_path / "out" / "mimic.weights")
     assert files.cfg_path == tmp_path / "out" / "mimic.cfg" and files.seen == 10 * 4 * 32 * 2
