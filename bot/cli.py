@@ -33,9 +33,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _glue_seed(argv: list[str]) -> list[str]:
+    """`-seed -JON` as Darknet takes it: argparse would read `-JON` as an option, so the pair becomes
+    `-seed=-JON` (a seed is any text, dashes included)."""
+    out: list[str] = []
+    args = iter(argv)
+    for a in args:
+        if a in ("-seed", "--seed"):
+            value = next(args, None)
+            out.append(a if value is None else f"{a}={value}")
+        else:
+            out.append(a)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_glue_seed(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(
         level=logging.WARNING - 10 * min(args.verbose, 2) if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",

@@ -161,3 +161,8 @@ def test_seed_that_is_not_utf8_is_one_line_and_exit_2(tiny_model: Path, capsys: 
     assert main(["generate", str(tiny_model), "-len", "5", "-seed", os.fsdecode(b"J\xff"), "-srand", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["mimic: -seed is not valid UTF-8 text"]
+
+
+def test_a_seed_may_start_with_a_dash(tiny_model: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["generate", str(tiny_model), "-len", "5", "-seed", "-JON", "-srand", "1"]) == 0
+    assert capsys.readouterr().out.startswith("-JON")
