@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 
 from bot import cli_core, cli_data, cli_models, cli_serve
 from bot.errors import ConfigError, UsageError
@@ -47,9 +49,28 @@ def _glue_seed(argv: list[str]) -> list[str]:
     return out
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what a Procfile runner, systemd or docker stop sends), handled as Ctrl-C is: a training run
+    saves its checkpoint and says how to resume, a worker stops its run without promoting."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(_glue_seed(sys.argv[1:] if argv is None else argv))
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if on_main_thread else None
+    try:
+        return _run(args)
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.WARNING - 10 * min(args.verbose, 2) if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
@@ -60,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as exc:
         print(f"mimic: {exc}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("mimic: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("mimic: interrupted", file=sys.stderr)
         return 130

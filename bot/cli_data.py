@@ -15,9 +15,6 @@ from typing import Any
 
 from bot.errors import ConfigError, UsageError
 
-DEFAULT_DB = "data/mimic.db"
-DEFAULT_MODELS = "data/models"
-
 
 class _ProgressBar:
     """One tqdm bar per source (an export, a file, the Slack API), fed by IngestProgress events."""
@@ -53,7 +50,7 @@ def run_ingest(args: argparse.Namespace) -> int:
     from training.ingest import ingest_paths
     from training.store import Store
 
-    db = Path(args.db)
+    db = _db(args)
     new_store = not db.exists()
     try:
         with Store.open(db) as store, _ProgressBar("files") as bar:
@@ -77,7 +74,7 @@ def run_history_slack(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.token_env} is not set; put the bot token (xoxb-...) in it")
     api_url = args.api_url or os.environ.get("SLACK_API_URL") or DEFAULT_API_URL
     channels = [c for c in args.channels.split(",") if c.strip()] if args.channels else None
-    with Store.open(args.db) as store, _ProgressBar("channels") as bar:
+    with Store.open(_db(args)) as store, _ProgressBar("channels") as bar:
         report = fetch_slack_history(slack_client(token, api_url), store, channels=channels, out_zip=args.out,
                                      progress=bar)
     print(report.summary() + (f"; wrote {args.out}" if args.out else ""))
@@ -92,7 +89,7 @@ def run_history_discord(args: argparse.Namespace) -> int:
     if not token:
         raise ConfigError("DISCORD_TOKEN is not set; put the bot token in it")
     channels = [c.strip() for c in args.channels.split(",") if c.strip()] if args.channels else None
-    with Store.open(args.db) as store, _ProgressBar("channels") as bar:
+    with Store.open(_db(args)) as store, _ProgressBar("channels") as bar:
         report = fetch_discord_history(token, store, channels=channels, progress=bar)
     print(report.summary())
     return 0
@@ -101,7 +98,7 @@ def run_history_discord(args: argparse.Namespace) -> int:
 def _set_opted_out(args: argparse.Namespace, opted_out: bool) -> int:
     from training.store import Store
 
-    with Store.open(args.db, create=False) as store:
+    with Store.open(_db(args), create=False) as store:
         user = store.set_opted_out(args.name, opted_out)
     print(f"mimic: {user.speaker} is opted {'out of' if opted_out else 'back into'} learning and impersonation")
     return 0
@@ -119,13 +116,13 @@ def run_forget(args: argparse.Namespace) -> int:
     from bot.forget import forget_in_models
     from training.store import Store
 
-    with Store.open(args.db, create=False) as store:
+    with Store.open(_db(args), create=False) as store:
         if not args.yes:
             _confirm(f"Delete everything stored about '{args.name}' and opt them out for good? [y/N] ")
         user = store.find_user(args.name)
         speaker = user.speaker if user is not None and user.speaker else args.name
         deleted = store.forget(args.name)
-    memories = forget_in_models(args.model, speaker)
+    memories = forget_in_models(args.model or _storage(args).model_path, speaker)
     print(f"mimic: forgot '{args.name}': {deleted} messages deleted, removed from {memories} voice "
           "memories; they stay opted out")
     return 0
@@ -141,7 +138,7 @@ def _confirm(question: str) -> None:
 def run_stats(args: argparse.Namespace) -> int:
     from training.store import Store
 
-    with Store.open(args.db, create=False) as store:
+    with Store.open(_db(args), create=False) as store:
         stats = store.stats()
     print(json.dumps(stats, ensure_ascii=False, indent=2) if args.json else _format_stats(stats))
     return 0
@@ -162,7 +159,19 @@ def _format_stats(stats: dict[str, Any]) -> str:
 
 
 def _db_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db", default=DEFAULT_DB, metavar="PATH", help=f"message store (default {DEFAULT_DB})")
+    p.add_argument("--db", metavar="PATH", help="message store (default: [storage] of the config, else data/mimic.db)")
+    p.add_argument("--config", metavar="PATH", help="a config.toml (default: $MIMIC_CONFIG, else built-in defaults)")
+
+
+def _storage(args: argparse.Namespace) -> Any:
+    """The config's [storage] (from --config or $MIMIC_CONFIG), so these commands use the store the bot serves."""
+    from bot.config import load_settings
+
+    return load_settings(args.config, os.environ).storage
+
+
+def _db(args: argparse.Namespace) -> Path:
+    return Path(args.db) if args.db else _storage(args).database_path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -208,8 +217,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("forget", help="delete everything stored about NAME and opt them out")
     p.add_argument("name", metavar="NAME", help="speaker name, handle, display name, real name or user id")
     _db_arg(p)
-    p.add_argument("--model", default=DEFAULT_MODELS, metavar="PATH",
-                   help=f"model file or registry whose voice memories forget them too (default {DEFAULT_MODELS})")
+    p.add_argument("--model", metavar="PATH", help="model file or registry whose voice memories forget them too "
+                                                   "(default: [storage] of the config, else data/models)")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     p.set_defaults(run=run_forget)
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from typing import Any
 
-from bot.errors import ConfigError
+from bot.errors import ConfigError, UsageError
 
 
 def _settings(args: argparse.Namespace) -> Any:
@@ -78,9 +79,41 @@ def run_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+# Flags checked before a run starts, so a typo is an error, not a failed (or, for --tolerance, a wrongly
+# promoted) run in the registry's history.
+_POSITIVE = ("time_budget", "lr", "warm_lr")
+_AT_LEAST_ONE = ("steps", "hidden", "layers", "batch_size", "seq_len", "threads")
+
+
+def _check_retrain_flags(args: argparse.Namespace) -> None:
+    def flag(name: str) -> str:
+        return "--" + name.replace("_", "-")
+
+    for name in _POSITIVE:
+        value = getattr(args, name)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise UsageError(f"{flag(name)} must be a positive number, not {value}")
+    for name in _AT_LEAST_ONE:
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UsageError(f"{flag(name)} must be at least 1, not {value}")
+    if args.tolerance is not None and not (math.isfinite(args.tolerance) and args.tolerance >= 0):
+        raise UsageError(f"--tolerance must be a number of bits/char, 0 or more, not {args.tolerance}")
+    if args.checkpoint_every is not None and args.checkpoint_every < 0:
+        raise UsageError(f"--checkpoint-every must be 0 or more, not {args.checkpoint_every}")
+    if args.device is not None and args.device not in ("auto", "cpu", "cuda") and not args.device.startswith("cuda:"):
+        raise UsageError(f"--device must be auto, cpu, cuda or cuda:N, not {args.device!r}")
+    if args.arch is not None:
+        from training.models import ARCHS
+
+        if args.arch not in ARCHS:
+            raise UsageError(f"--arch must be one of {', '.join(ARCHS)}, not {args.arch!r}")
+
+
 def _retrain_options(args: argparse.Namespace) -> Any:
     from bot.retrain import options_from_settings
 
+    _check_retrain_flags(args)
     model = {k: v for k, v in (("arch", args.arch), ("hidden", args.hidden), ("layers", args.layers)) if v is not None}
     return options_from_settings(
         _settings(args), time_budget=args.time_budget, steps=args.steps, from_scratch=args.from_scratch or None,

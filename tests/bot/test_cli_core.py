@@ -122,7 +122,9 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, tiny_model: Path, make
     assert_one_line_error(run_cli(*argv), needle)
 
 
-def test_ctrl_c_saves_a_checkpoint_first(tmp_path: Path, repeated_text_file: Path) -> None:
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_saves_a_checkpoint_first(tmp_path: Path, repeated_text_file: Path, signame: str) -> None:
+    """SIGTERM (docker stop, systemd, a Procfile runner) is handled as Ctrl-C is."""
     import signal
     import threading
 
@@ -145,7 +147,7 @@ def test_ctrl_c_saves_a_checkpoint_first(tmp_path: Path, repeated_text_file: Pat
     reader.start()
     try:
         assert seen.wait(300), b"".join(chunks)  # training is under way
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(getattr(signal, signame))
         assert proc.wait(120) == 130
     finally:
         if proc.poll() is None:  # never leave a million-step training behind

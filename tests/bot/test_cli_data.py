@@ -48,6 +48,18 @@ def test_ingest_then_stats_in_the_default_store(cwd, capsys):
     assert "speaker" in capsys.readouterr().out
 
 
+def test_data_commands_use_the_configs_store(cwd, capsys, monkeypatch):
+    """ingest/stats/optout/forget go to the store the bot serves ([storage] of MIMIC_CONFIG or --config)."""
+    (cwd / "team.toml").write_text('[storage]\ndata_dir = "teamdata"\n')
+    (cwd / "notes.txt").write_text("one\ntwo\n")
+    monkeypatch.setenv("MIMIC_CONFIG", str(cwd / "team.toml"))
+    assert main(["ingest", "notes.txt", "--speaker", "ztatlock"]) == 0
+    assert (cwd / "teamdata" / "mimic.db").is_file() and not (cwd / "data").exists()
+    assert main(["optout", "ztatlock"]) == 0
+    monkeypatch.delenv("MIMIC_CONFIG")
+    assert _stats(capsys, "--config", str(cwd / "team.toml"))["opted_out"] == 1
+
+
 def test_ingest_text_with_a_speaker_and_a_custom_db(cwd, capsys):
     (cwd / "notes.txt").write_text("one\ntwo\n")
     assert main(["ingest", "notes.txt", "--speaker", "ztatlock", "--db", "other/m.db"]) == 0

@@ -113,3 +113,20 @@ def test_scheduler_rejects_a_bad_schedule(tmp_path: Path, capsys: pytest.Capture
     config = tmp_path / "mimic.toml"
     config.write_text('[retrain]\nschedule = "every night"\n')
     _one_line_error(capsys, main(["scheduler", "--config", str(config), "--data-dir", str(tmp_path)]), "schedule")
+
+
+@pytest.mark.parametrize("flags,needle", [
+    (["--tolerance", "nan"], "--tolerance must be a number of bits/char, 0 or more, not nan"),
+    (["--tolerance", "-1"], "--tolerance must be"), (["--tolerance", "inf"], "--tolerance must be"),
+    (["--time-budget", "0"], "--time-budget must be a positive number"), (["--steps", "0"], "--steps must be at least 1"),
+    (["--threads", "0"], "--threads must be at least 1"), (["--lr", "-1"], "--lr must be a positive number"),
+    (["--device", "gpu"], "--device must be auto, cpu, cuda"), (["--arch", "foo"], "--arch must be one of"),
+])
+def test_retrain_flags_are_checked_before_any_run_is_recorded(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                              flags: list[str], needle: str) -> None:
+    """A mistyped --tolerance nan once promoted a one-step model; a bad flag must not start (or log) a run."""
+    _registry_with(tmp_path, 1)
+    runs = tmp_path / "models" / "runs.jsonl"
+    before = runs.read_text() if runs.exists() else ""
+    _one_line_error(capsys, main(["retrain", "--data-dir", str(tmp_path), *flags]), needle)
+    assert (runs.read_text() if runs.exists() else "") == before
