@@ -104,6 +104,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from bot.capture import Capture
 
     settings = load(args, port=args.port)
+    _check_secrets(args.platform, settings)  # before the model and store are loaded
     commands, gate, stores = build_commands(settings)
     log_health(args.platform, settings, gate, stores)
     capture = Capture(stores, settings.slack.learn, settings.discord.learn) if stores is not None else None
@@ -126,6 +127,17 @@ def run_serve(args: argparse.Namespace) -> int:
         return 0
     finally:
         gate.close()
+
+
+def _check_secrets(platform: str, settings: Settings) -> None:
+    if platform == "slack":
+        from bot.slack_adapter import check_secrets
+
+        check_secrets(settings)
+    elif platform == "discord":
+        from bot.config import require
+
+        require(settings.discord.token, "DISCORD_TOKEN", "the Discord bot logs in with it")
 
 
 def run_impersonate(args: argparse.Namespace) -> int:

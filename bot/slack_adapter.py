@@ -30,7 +30,7 @@ from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 
 from bot.capture import SLACK_CHANNEL_KINDS, Capture
 from bot.commands import Commands, Invocation, Reply
-from bot.config import Settings, require
+from bot.config import Settings
 from bot.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -144,15 +144,26 @@ def deliver(reply: Reply, client: WebClient, channel_id: str, user_id: str, *,
                 respond=respond, thread_ts=thread_ts)
 
 
+def check_secrets(settings: Settings, client: WebClient | None = None) -> None:
+    """Every missing or misplaced Slack secret in one ConfigError, before anything is loaded or dialled."""
+    slack, problems = settings.slack, []
+    if not (client.token if client is not None else slack.bot_token):
+        problems.append("SLACK_BOT_TOKEN is not set (Mimic posts and reads history with the bot token, xoxb-...)")
+    if slack.socket_mode and not slack.app_token.startswith("xapp-"):
+        problems.append("SLACK_APP_TOKEN is not an app-level token (those start with xapp-; Socket Mode needs one "
+                        "with connections:write)")
+    if not slack.socket_mode and not slack.signing_secret:
+        problems.append("SLACK_SIGNING_SECRET is not set (HTTP mode verifies every request with it; or set "
+                        "SLACK_APP_TOKEN for Socket Mode)")
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
 def build_app(settings: Settings, commands: Commands, client: WebClient | None = None,
               capture: Capture | None = None) -> App:
     """The Bolt app with Mimic's listeners. HTTP mode needs the signing secret; Socket Mode the app token."""
-    if not settings.slack.socket_mode:
-        require(settings.slack.signing_secret, "SLACK_SIGNING_SECRET",
-                "HTTP mode verifies every request with it (or set SLACK_APP_TOKEN for Socket Mode)")
+    check_secrets(settings, client)
     client = client or make_client(settings)
-    if not client.token:
-        raise ConfigError("SLACK_BOT_TOKEN is not set; Mimic posts and reads history with the bot token (xoxb-...)")
     app = App(client=client, signing_secret=settings.slack.signing_secret,
               request_verification_enabled=not settings.slack.socket_mode,
               listener_executor=ThreadPoolExecutor(LISTENER_THREADS, thread_name_prefix="mimic-slack"))

@@ -106,6 +106,19 @@ def test_serve_slack_needs_the_bot_token(tmp_path: Path, capsys: pytest.CaptureF
     one_line_error(capsys, "SLACK_BOT_TOKEN is not set")
 
 
+def test_serve_slack_names_every_missing_secret_at_once(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET"):
+        monkeypatch.delenv(var, raising=False)
+    assert main(["serve", "slack", "--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "SLACK_BOT_TOKEN is not set" in err and "SLACK_SIGNING_SECRET is not set" in err
+    monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-1")
+    monkeypatch.setenv("SLACK_APP_TOKEN", "xoxb-pasted-twice")  # the bot token where the app token goes
+    assert main(["serve", "slack", "--data-dir", str(tmp_path)]) == 2  # refused before dialling Slack
+    one_line_error(capsys, "SLACK_APP_TOKEN is not an app-level token (those start with xapp-")
+
+
 def test_bad_config_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     config = tmp_path / "config.toml"
     config.write_text("[limits]\nuser_limit = -3\n")
