@@ -48,7 +48,7 @@ def _table(versions: list[Any], problem: str | None) -> str:
                      m.get("parent") or "-", f"{bpc:.4f}" if isinstance(bpc, int | float) else "-",
                      f"{messages:,}" if isinstance(messages, int) else "-",
                      f"{training.get('mode', '-')}, {training.get('steps', '?')} steps, {training.get('device', '?')}"
-                     if training else "-", decision[:70]))
+                     if training else "-", decision))  # the last column: shown whole
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1] for r in rows]
     if problem:
