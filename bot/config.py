@@ -256,23 +256,27 @@ class RetrainSettings:
     def __post_init__(self) -> None:
         from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+        from bot.scheduler import ScheduleNeverFires, cron_trigger
+
         try:
-            tz = ZoneInfo(self.timezone)
+            ZoneInfo(self.timezone)
         except (ZoneInfoNotFoundError, ValueError) as exc:
             raise _fail(self.SECTION, "timezone", f"is not a known time zone (got {self.timezone!r}; "
                         "e.g. \"UTC\" or \"Europe/Paris\")") from exc
         try:
-            from apscheduler.triggers.cron import CronTrigger
-
-            CronTrigger.from_crontab(self.schedule, timezone=tz)
+            cron_trigger(self.schedule, self.timezone)  # crontab(5)'s meaning, as the worker runs it
+        except ScheduleNeverFires as exc:
+            raise _fail(self.SECTION, "schedule", f"never fires: no date matches it (got {self.schedule!r}; "
+                        "e.g. \"0 3 * * *\" for 03:00 every day)") from exc
         except ValueError as exc:
             raise _fail(self.SECTION, "schedule", f"is not a 5-field cron expression ({exc}; got "
                         f"{self.schedule!r}, e.g. \"0 3 * * *\")") from exc
+        inf = float("inf")
         checks = (
-            ("time_budget", self.time_budget > 0, "must be positive"),
+            ("time_budget", 0 < self.time_budget < inf, "must be a positive number of seconds"),
             ("from_scratch_every_days", self.from_scratch_every_days >= 0, "must be 0 (never) or more"),
             ("keep_versions", self.keep_versions >= 1, "must be at least 1"),
-            ("tolerance", self.tolerance >= 0, "must be 0 or more"),
+            ("tolerance", 0 <= self.tolerance < inf, "must be a number, 0 or more"),
         )
         _check(self, checks)
         if self.report_channel and not re.fullmatch(r"(slack|discord):[A-Za-z0-9]+", self.report_channel):

@@ -8,9 +8,19 @@ The bots reach the worker through a mailbox of files in the data directory (no b
     <data_dir>/retrain-requests/r-<time>-<id>.json         a request, written by `RetrainQueue` in the bot
     <data_dir>/retrain-requests/r-<time>-<id>.status.json  queued | running (progress message) | done | failed
     <data_dir>/retrain-worker.alive                        touched by the worker at every poll (heartbeat)
-The worker polls every few seconds; one run answers every pending request. `RetrainQueue` (imported by the
-bots, so nothing here imports torch or APScheduler at module level) follows the status file and reports each
-progress message and the outcome to the requester.
+The worker polls every few seconds (and once at start); one run answers every pending request.
+`RetrainQueue` (imported by the bots, so nothing here imports torch, APScheduler or bot/retrain.py at module
+level; bot/config.py also checks `[retrain] schedule` with `cron_trigger`) follows the status file and reports
+each progress message and the outcome to the requester.
+
+The schedule is a standard crontab line (crontab(5)), not APScheduler's dialect of it:
+- day of week 0 or 7 = Sunday, 1 = Monday ... 6 = Saturday, or names (sun, mon, ...), with ranges, lists
+  and steps (1-5, 1,3,5, */2); APScheduler 3 numbers 0 = Monday and refuses 7, so the field becomes names;
+- when both day of month and day of week are restricted (neither starts with `*`), a day matching *either*
+  runs the job ("0 3 1 * 1": the 1st of each month and every Monday), an OrTrigger of two CronTriggers;
+  APScheduler alone would need both;
+- @yearly, @monthly, @weekly, @daily (@midnight) and @hourly; a schedule that never fires ("0 3 31 2 *") is
+  refused rather than logging "next at None".
 
 APScheduler 3 details that matter:
 - One cron job with a fixed id and `replace_existing=True` (a restart never adds a second copy),
@@ -19,25 +29,37 @@ APScheduler 3 details that matter:
   busy is silently skipped. A process that was *down* at the due time has lost its in-memory job store, so
   at start-up we look at the registry's run log: if the last due time within the grace period has no run
   started after it, the job is added with that time as its next run, and APScheduler runs it once.
-- `from_crontab` keeps APScheduler's own day-of-week numbering (0 = Monday); `cron_trigger` translates the
-  field to day names first, so "0 3 * * 1-5" means Monday to Friday as in every crontab.
+- The request poll is paused while it runs a retraining (no "skipped: maximum number of running instances"
+  warning every 5 s; the training steps touch the heartbeat instead), and its "Running job" / "executed
+  successfully" INFO lines are filtered out (35,000 a day on an idle worker); its warnings and errors stay.
+
+Stopping: Ctrl-C (SIGINT) or SIGTERM (Procfile, systemd, docker) sets the worker's stop event and shuts the
+scheduler down, waiting for a running retraining. That run stops the way Ctrl-C stops `mimic retrain`: the
+training-step hook raises `WorkerStopped` (a KeyboardInterrupt), which the trainer catches after the current
+step, saving the checkpoint that the next run resumes from; before or after training, the next stage
+announcement raises it instead. Nothing is promoted, the run log records the run as failed (interrupted), an
+admin's request is marked failed, and the KeyboardInterrupt reaches the CLI (exit 130; 143 for SIGTERM).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-from bot.retrain import EventFn, RetrainBusyError, RetrainOptions, RetrainOutcome, run_retrain
 from export.registry import iso, utc_now, version_name, write_json
+
+if TYPE_CHECKING:
+    from bot.retrain import EventFn, RetrainOptions, RetrainOutcome
 
 log = logging.getLogger(__name__)
 
@@ -49,52 +71,91 @@ REQUESTS_DIR = "retrain-requests"
 HEARTBEAT_FILE = "retrain-worker.alive"
 
 
+def run_retrain(opts: RetrainOptions, **kwargs: Any) -> RetrainOutcome:
+    """bot.retrain.run_retrain, imported when a run starts (bot/config.py imports this module)."""
+    from bot.retrain import run_retrain as run
+
+    return run(opts, **kwargs)
+
+
+# ---- the schedule: a standard crontab line -------------------------------------------------------------
+
 _DAY_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+_SPECIAL = {"@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *", "@weekly": "0 0 * * 0",
+            "@daily": "0 0 * * *", "@midnight": "0 0 * * *", "@hourly": "0 * * * *"}
+
+
+class ScheduleNeverFires(ValueError):
+    """A well-formed cron line that matches no date ("0 3 31 2 *": February 31st)."""
 
 
 def _day_number(token: str) -> int:
     token = token.strip().lower()
-    if token[:3] in _DAY_NAMES and not token.isdigit():
+    if token[:3] in _DAY_NAMES and token.isalpha():
         return _DAY_NAMES.index(token[:3])
-    number = int(token)
-    if not 0 <= number <= 7:
-        raise ValueError(f"day of week {token!r} is not in 0-7")
-    return number
+    if not token.isdigit() or not 0 <= int(token) <= 7:
+        raise ValueError(f"day of week {token!r} is not 0-7 (0 and 7 are Sunday) or a day name")
+    return int(token)
 
 
 def standard_days_of_week(field: str) -> str:
     """A crontab day-of-week field (0 or 7 = Sunday, 1 = Monday, as in every cron) as day names.
 
-    APScheduler 3's `from_crontab` passes the field through to its own numbering, where 0 is Monday, so
-    "0 3 * * 1-5" would run Tuesday to Saturday; names mean the same thing to both.
+    APScheduler 3 numbers 0 = Monday (its `from_crontab` passes the field through, so "0 3 * * 0" would run
+    on Mondays and "1-5" Tuesday to Saturday) and refuses 7; names mean the same thing to both.
     """
     if field == "*":
         return field
     days: set[int] = set()
     for token in field.split(","):
-        span, _, step = token.partition("/")
+        span, slash, step_text = token.partition("/")
+        step = 1
+        if slash:
+            if not step_text.isdigit() or int(step_text) < 1:
+                raise ValueError(f"day-of-week step {step_text!r} is not a positive number")
+            step = int(step_text)
         if span == "*":
             lo, hi = 0, 6
         else:
-            first, _, last = span.partition("-")
+            first, dash, last = span.partition("-")
             lo = _day_number(first)
-            hi = _day_number(last) if last else (6 if step else lo)
+            hi = _day_number(last) if dash else (6 if slash else lo)
+            if dash and hi == 0 and lo > 0:  # "fri-sun": Sunday as 7 ends the week
+                hi = 7
         if hi < lo:
             raise ValueError(f"day-of-week range {span!r} runs backwards")
-        days.update(d % 7 for d in range(lo, hi + 1, int(step) if step else 1))
+        days.update(d % 7 for d in range(lo, hi + 1, step))
     return ",".join(_DAY_NAMES[d] for d in sorted(days))
 
 
-def cron_trigger(schedule: str, timezone: str) -> Any:
-    """`[retrain] schedule` as APScheduler's trigger, with cron's day-of-week numbering. (Like APScheduler,
-    and unlike Vixie cron, a schedule naming both days of the month and of the week needs both to match.)"""
+def cron_trigger(schedule: str, timezone: str, now: datetime | None = None) -> Any:
+    """`[retrain] schedule` as APScheduler's trigger, with crontab's meaning (see the module docstring).
+
+    Raises ValueError for a line that is not a 5-field cron expression, ScheduleNeverFires for one that
+    matches no date after `now`.
+    """
+    from apscheduler.triggers.combining import OrTrigger
     from apscheduler.triggers.cron import CronTrigger
 
-    fields = schedule.split()
+    line = _SPECIAL.get(schedule.strip().lower(), schedule)
+    fields = line.split()
     if len(fields) != 5:
-        raise ValueError(f"{schedule!r} is not a 5-field cron expression (minute hour day month weekday)")
-    fields[4] = standard_days_of_week(fields[4])
-    return CronTrigger.from_crontab(" ".join(fields), timezone=ZoneInfo(timezone))
+        raise ValueError(f"{len(fields)} fields instead of 5: minute hour day month weekday")
+    minute, hour, day, month, weekday = fields
+    tz = ZoneInfo(timezone)
+    days = standard_days_of_week(weekday)
+
+    def cron(day: str, day_of_week: str) -> Any:
+        return CronTrigger(minute=minute, hour=hour, day=day, month=month, day_of_week=day_of_week,
+                           timezone=tz)
+
+    if day.startswith("*") or weekday.startswith("*"):  # crontab(5): at most one restricted, both must match
+        trigger = cron(day, days)
+    else:  # both restricted: either may match
+        trigger = OrTrigger([cron(day, "*"), cron("*", days)])
+    if trigger.get_next_fire_time(None, now or datetime.now(tz)) is None:
+        raise ScheduleNeverFires(f"{schedule!r} matches no date, so it would never run")
+    return trigger
 
 
 def missed_run(trigger: Any, last_started: datetime | None, now: datetime,
@@ -124,60 +185,210 @@ def last_run_started(registry_dir: Any) -> datetime | None:
     return max(times) if times else None
 
 
-def nightly_job(opts: RetrainOptions) -> Callable[[], None]:
+# ---- stopping a run: the trainer's own Ctrl-C path -----------------------------------------------------
+
+
+class WorkerStopped(KeyboardInterrupt):
+    """Raised inside a retraining run when the worker is stopping. A KeyboardInterrupt on purpose: the trainer
+    turns it into an interrupted result (checkpoint saved for the next run to resume), and bot/retrain.py
+    records it and keeps the staging version, exactly as for Ctrl-C on `mimic retrain`."""
+
+
+# The stage announcements of bot/retrain.py that a stopping worker may interrupt. An outcome's summary
+# ("retraining promoted ..."), sent after the run is recorded, must never raise: it is not in this list.
+STAGE_PREFIXES = ("catching up", "building the corpus", "training", "exporting", "evaluating")
+
+
+class RunGuard:
+    """The hooks a worker's retraining run gets: `progress` (called by the trainer after every step) and
+    `events(forward)` (the stage announcements). Both raise WorkerStopped once `stop` is set; they also log
+    the start of the run and keep the worker's heartbeat fresh while the request poll is paused."""
+
+    def __init__(self, stop: threading.Event, data_dir: str | Path, what: str):
+        self.stop, self.data_dir, self.what = stop, data_dir, what
+        self.started = False
+        self._beat_at = -float("inf")
+
+    def _check(self) -> None:
+        if self.stop.is_set():
+            raise WorkerStopped("the worker is stopping")
+
+    def progress(self, p: Any) -> None:
+        if time.monotonic() - self._beat_at >= REQUEST_POLL_SECONDS:
+            self._beat_at = time.monotonic()
+            beat(self.data_dir)
+        self._check()
+
+    def events(self, forward: EventFn | None = None) -> EventFn:
+        def on_event(message: str) -> None:
+            if not self.started:
+                self.started = True
+                log.info("retraining started (%s)", self.what)
+            if message.startswith(STAGE_PREFIXES):
+                self._check()
+            if forward is not None:
+                forward(message)
+
+        return on_event
+
+
+def nightly_job(opts: RetrainOptions, stop: threading.Event | None = None) -> Callable[[], None]:
+    stop = stop if stop is not None else threading.Event()
+
     def job() -> None:
+        from bot.retrain import RetrainBusyError
+
+        if stop.is_set():
+            return
+        guard = RunGuard(stop, opts.data_dir, "schedule")
         try:
-            run_retrain(opts, trigger="schedule")
+            run_retrain(opts, trigger="schedule", on_event=guard.events(), on_progress=guard.progress)
         except RetrainBusyError as exc:  # a run started by hand or by request: that one counts
             log.warning("scheduled retraining skipped: %s", exc)
+        except KeyboardInterrupt:
+            log.warning("scheduled retraining interrupted: the worker is stopping; the next run resumes from "
+                        "its checkpoint when training had begun")
         except Exception:  # never let one bad night stop the worker
             log.exception("scheduled retraining crashed")
 
     return job
 
 
-def requests_job(opts: RetrainOptions) -> Callable[[], None]:
-    def job() -> None:
+def requests_job(opts: RetrainOptions, stop: threading.Event | None = None,
+                 scheduler: Any = None) -> Callable[[], None]:
+    """The request poll. While it runs a retraining it pauses itself on `scheduler`, so APScheduler does not
+    try (and warn) every few seconds."""
+    stop = stop if stop is not None else threading.Event()
+
+    def run(scratch: bool, events: EventFn) -> RetrainOutcome:
+        guard = RunGuard(stop, opts.data_dir, "admin request")
+        paused = _pause_poll(scheduler)
         try:
-            process_requests(opts.data_dir, lambda scratch, events: run_retrain(
-                replace(opts, from_scratch=opts.from_scratch or scratch), trigger="request", on_event=events))
+            return run_retrain(replace(opts, from_scratch=opts.from_scratch or scratch), trigger="request",
+                               on_event=guard.events(events), on_progress=guard.progress)
+        finally:
+            if paused and not stop.is_set():
+                _resume_poll(scheduler)
+
+    def job() -> None:
+        if stop.is_set():
+            return
+        try:
+            process_requests(opts.data_dir, run)
+        except KeyboardInterrupt:
+            log.warning("requested retraining interrupted: the worker is stopping")
         except Exception:
             log.exception("a requested retraining crashed")
 
     return job
 
 
+def _pause_poll(scheduler: Any) -> bool:
+    if scheduler is None:
+        return False
+    try:
+        scheduler.pause_job(REQUESTS_JOB_ID)
+        return True
+    except Exception as exc:  # JobLookupError: not scheduled here (a test, a replaced job)
+        log.debug("cannot pause the request poll: %s", exc)
+        return False
+
+
+def _resume_poll(scheduler: Any) -> None:
+    try:
+        scheduler.resume_job(REQUESTS_JOB_ID)
+    except Exception as exc:
+        log.warning("cannot resume the request poll: %s", exc)
+
+
+class _QuietPoll(logging.Filter):
+    """Drops APScheduler's INFO lines about the request poll ("Running job ...", "... executed successfully"),
+    one of each every 5 s; its warnings (a missed run) and errors pass, and so do the nightly job's lines."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING or not isinstance(record.args, tuple):
+            return True
+        return not any(getattr(arg, "id", None) == REQUESTS_JOB_ID for arg in record.args)
+
+
+_QUIET_POLL = _QuietPoll()
+
+
 def configure(scheduler: Any, trigger: Any, nightly: Callable[[], None], requests: Callable[[], None] | None = None,
-              *, missed: datetime | None = None, poll_seconds: float = REQUEST_POLL_SECONDS) -> Any:
-    """Add (or replace) the nightly job and the request poller. Returns the nightly job."""
+              *, missed: datetime | None = None, poll_seconds: float = REQUEST_POLL_SECONDS,
+              now: datetime | None = None) -> Any:
+    """Add (or replace) the nightly job and the request poller (first poll at `now` when given, so requests
+    queued while the worker was down are answered at once). Returns the nightly job."""
     extra = {"next_run_time": missed} if missed is not None else {}
     job = scheduler.add_job(nightly, trigger, id=JOB_ID, name="nightly retraining", replace_existing=True,
                             max_instances=1, coalesce=True, misfire_grace_time=MISFIRE_GRACE_SECONDS, **extra)
     if requests is not None:
+        first = {"next_run_time": now} if now is not None else {}
         scheduler.add_job(requests, "interval", seconds=poll_seconds, id=REQUESTS_JOB_ID, name="retrain requests",
                           replace_existing=True, max_instances=1, coalesce=True,
-                          misfire_grace_time=max(60, int(poll_seconds * 4)))
+                          misfire_grace_time=max(60, int(poll_seconds * 4)), **first)
+        logging.getLogger("apscheduler.executors.default").addFilter(_QUIET_POLL)  # added once: same object
     return job
 
 
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (Procfile, systemd, docker stop) raises KeyboardInterrupt in the main thread, like Ctrl-C,
+    unless a handler is already there (`mimic` installs one raising its own KeyboardInterrupt, for exit 143)
+    or it is ignored."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def stop_worker(scheduler: Any, stop: threading.Event) -> None:
+    """Stop a running retraining at its next training step (checkpoint kept) and shut the scheduler down,
+    waiting for the run to record itself."""
+    stop.set()
+    if scheduler.running:
+        log.warning("stopping: a running retraining stops at its next step and keeps its checkpoint")
+        scheduler.shutdown(wait=True)
+
+
 def start_worker(opts: RetrainOptions, schedule: str, timezone: str, scheduler: Any = None,
-                 now: datetime | None = None) -> Any:
-    """Configure and start the worker; with the default BlockingScheduler this returns only on shutdown."""
+                 now: datetime | None = None, stop: threading.Event | None = None) -> Any:
+    """Configure and start the worker; with the default BlockingScheduler this returns only on shutdown.
+
+    Ctrl-C or SIGTERM stops it (`stop_worker`), then the KeyboardInterrupt goes on to the caller (`mimic`
+    exits 130, or 143 for SIGTERM).
+    """
     from apscheduler.schedulers.blocking import BlockingScheduler
 
     tz = ZoneInfo(timezone)
     now = now or datetime.now(tz)
-    trigger = cron_trigger(schedule, timezone)
+    stop = stop if stop is not None else threading.Event()
+    trigger = cron_trigger(schedule, timezone, now)
     scheduler = scheduler if scheduler is not None else BlockingScheduler(timezone=tz)
     missed = missed_run(trigger, last_run_started(opts.registry), now)
     if missed is not None:
         log.warning("the retraining due at %s did not run (the worker was down); running it now", missed)
-    configure(scheduler, trigger, nightly_job(opts), requests_job(opts), missed=missed)
+    configure(scheduler, trigger, nightly_job(opts, stop), requests_job(opts, stop, scheduler), missed=missed,
+              now=now)
     beat(opts.data_dir)  # the bots can tell at once that a worker is there
     log.info("retraining on schedule %r (%s), next at %s; admin requests polled every %.0f s; registry %s",
              schedule, timezone, missed or trigger.get_next_fire_time(None, now), REQUEST_POLL_SECONDS,
              opts.registry)
-    scheduler.start()
+    with _sigterm_as_interrupt():
+        try:
+            scheduler.start()
+        except KeyboardInterrupt:
+            stop_worker(scheduler, stop)
+            raise
     return scheduler
 
 
@@ -300,7 +511,10 @@ def beat(data_dir: str | Path) -> None:
 def process_requests(data_dir: str | Path, run: Callable[[bool, EventFn], RetrainOutcome],
                      keep_days: float = 7.0) -> int:
     """Worker side: one run answers every pending request (from scratch when any asked). Returns how many
-    requests it answered; a busy lock leaves them queued for the next poll."""
+    requests it answered; a busy lock leaves them queued for the next poll. A run interrupted because the
+    worker is stopping marks them failed (never "running" for ever) and re-raises."""
+    from bot.retrain import RetrainBusyError
+
     beat(data_dir)
     _forget_old(data_dir, keep_days)
     requests = pending_requests(data_dir)
@@ -308,6 +522,10 @@ def process_requests(data_dir: str | Path, run: Callable[[bool, EventFn], Retrai
         return 0
     ids = [r["id"] for r in requests]
     from_scratch = any(r.get("from_scratch") for r in requests)
+    for r in requests:
+        if read_json(_requests_dir(data_dir) / f"{r['id']}.status.json") is None:  # new: logged once
+            log.info("admin retraining request %s from %s picked up%s", r["id"], r.get("requested_by", "?"),
+                     " (from scratch)" if r.get("from_scratch") else "")
 
     def events(message: str) -> None:
         for request_id in ids:
@@ -320,6 +538,11 @@ def process_requests(data_dir: str | Path, run: Callable[[bool, EventFn], Retrai
         for request_id in ids:
             _set_status(data_dir, request_id, "queued", "waiting: another retraining run is in progress")
         return 0
+    except KeyboardInterrupt:
+        for request_id in ids:
+            _set_status(data_dir, request_id, "failed", "retraining interrupted: the worker was stopped; "
+                        "nothing was promoted; ask again once it is back")
+        raise
     except Exception as exc:
         for request_id in ids:
             _set_status(data_dir, request_id, "failed", f"retraining failed: {type(exc).__name__}: {exc}")
