@@ -426,8 +426,12 @@ def run_retrain(opts: RetrainOptions, *, trigger: str = "manual", on_event: Even
     events = on_event or (lambda message: None)
     with RunLock(opts.data_dir):
         try:
-            registry = Registry.open(opts.registry, create=True)
-            outcome = _run_locked(registry, opts, trigger, events, on_progress, now or utc_now())
+            if _nothing_to_learn_from(opts):  # a typo'd path must not leave a new, empty registry behind
+                outcome = RetrainOutcome("failed", f"{opts.db}: no message store here; run `mimic ingest` first",
+                                         version_name(now), stage="corpus")
+            else:
+                registry = Registry.open(opts.registry, create=True)
+                outcome = _run_locked(registry, opts, trigger, events, on_progress, now or utc_now())
         except RegistryError as exc:
             outcome = RetrainOutcome("failed", str(exc), version_name(now), stage="registry")
     if log_outcome:
@@ -436,6 +440,11 @@ def run_retrain(opts: RetrainOptions, *, trigger: str = "manual", on_event: Even
     if opts.report is not None:
         report_outcome(opts.report, outcome)
     return outcome
+
+
+def _nothing_to_learn_from(opts: RetrainOptions) -> bool:
+    """No store, no catch-up that would fill one, and no registry yet to record the failed run in."""
+    return not opts.db.is_file() and opts.slack is None and opts.discord is None and not opts.registry.exists()
 
 
 def _safe_log(registry: Registry, record: dict[str, Any]) -> None:
@@ -529,7 +538,7 @@ def _steps(registry: Registry, opts: RetrainOptions, run: str, events: EventFn,
 
     state["stage"] = "evaluate"
     events("evaluating the candidate and the serving model on the held-out slice")
-    outcome = _evaluate_and_commit(registry, opts, run, name, plan, data, result, state)
+    outcome = _evaluate_and_commit(registry, opts, run, name, plan, data, result, state, events)
     state["stage"] = "prune"
     try:
         registry.prune(opts.keep_versions)
@@ -554,7 +563,7 @@ def _progress_events(events: EventFn, on_progress: Callable[[Any], None] | None)
 
 
 def _evaluate_and_commit(registry: Registry, opts: RetrainOptions, run: str, name: str, plan: Plan, data: Any,
-                         result: Any, state: dict[str, Any]) -> RetrainOutcome:
+                         result: Any, state: dict[str, Any], events: EventFn) -> RetrainOutcome:
     from engine.copyindex import CopyIndex, index_path_for
 
     staging = registry.staging / name
@@ -586,12 +595,16 @@ def _evaluate_and_commit(registry: Registry, opts: RetrainOptions, run: str, nam
                                "current_copy_rate": current_score.copy_rate if current_score else None}}
     if promote and problem and plan.baseline and moved is not None:
         why += f" (the current pointer was broken: {problem})"
+    # The last stage before the registry changes: a worker told to stop (bot/scheduler.py) stops here too.
+    events(f"{'promoting' if promote else 'keeping out'} {name}")
     registry.commit(name, manifest, promote=promote, reason=why)
     if not promote and problem and plan.baseline and moved == plan.pointer:
         registry.repair_pointer(plan.baseline, f"current was broken ({problem}); restored the last good version")
     state["name"] = None  # committed: nothing left to discard
+    # current_bpc is the serving model's score only while it is the one compared (not one promoted by hand)
+    current_bpc = current_score.bpc if current_score and moved == plan.pointer else None
     return RetrainOutcome("promoted" if promote else "kept", why, run, name, registry.current(), None,
-                          candidate.bpc, current_score.bpc if current_score else None, tuple(state["notes"]))
+                          candidate.bpc, current_bpc, tuple(state["notes"]))
 
 
 # ---- reporting -----------------------------------------------------------------------------------------

@@ -196,7 +196,8 @@ class WorkerStopped(KeyboardInterrupt):
 
 # The stage announcements of bot/retrain.py that a stopping worker may interrupt. An outcome's summary
 # ("retraining promoted ..."), sent after the run is recorded, must never raise: it is not in this list.
-STAGE_PREFIXES = ("catching up", "building the corpus", "training", "exporting", "evaluating")
+STAGE_PREFIXES = ("catching up", "building the corpus", "training", "exporting", "evaluating", "promoting",
+                  "keeping out")
 
 
 class RunGuard:

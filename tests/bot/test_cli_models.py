@@ -105,6 +105,10 @@ def test_retrain_exits_at_once_when_a_run_holds_the_lock(tmp_path: Path, capsys:
 def test_retrain_without_a_store_fails_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     rc = main(["retrain", "--data-dir", str(tmp_path), "--steps", "1"])
     _one_line_error(capsys, rc, "retraining failed at corpus")
+    assert not (tmp_path / "models").exists()  # no empty registry left behind for a mistyped path
+    _registry_with(tmp_path, 1)  # with a registry, the failed run is in its history
+    rc = main(["retrain", "--data-dir", str(tmp_path), "--steps", "1"])
+    _one_line_error(capsys, rc, "retraining failed at corpus")
     runs = Registry(tmp_path / "models").runs()
     assert runs[-1]["status"] == "failed" and "no message store" in runs[-1]["reason"]
 

@@ -427,3 +427,21 @@ def test_the_bot_side_never_imports_torch() -> None:
 def test_names_of_runs_sort_like_time() -> None:
     a = version_name(datetime(2026, 1, 1, tzinfo=UTC))
     assert a < version_name(datetime(2026, 1, 1, 0, 0, 1, tzinfo=UTC))
+
+
+def test_a_stop_at_the_last_stage_promotes_nothing(served: Path) -> None:
+    """The worker's stop check runs at every stage announcement, the last one ("promoting ...") included,
+    so a stop during the evaluation still leaves the serving model as it was."""
+    reg = Registry(served / "models")
+    first = reg.current()
+    seen: list[str] = []
+
+    def events(message: str) -> None:
+        seen.append(message)
+        if message.startswith(("promoting", "keeping out")):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_retrain(tiny_options(served, steps=5), on_event=events)
+    assert reg.current() == first
+    assert any(m.startswith("evaluating") for m in seen) and seen[-1].startswith(("promoting", "keeping out"))
