@@ -70,11 +70,21 @@ def build_commands(settings: Settings, *, watch: bool = True,
                 raise UsageError(f"{db}: no such message store, but the model knows {people} people; is the path "
                                  "right? (--db, or [storage] database in the config: opt-outs are kept there)")
             log.warning("no message store at %s: opt-outs are not checked (--db PATH names the store)", db)
+        elif people and _holds_no_messages(db):  # made by an earlier wrong path: everyone would be "forgotten"
+            raise UsageError(f"{db} holds no messages, but the model knows {people} people; is the path right? "
+                             "(--db, or [storage] database in the config)")
     except BaseException:
         gate.close()
         raise
     stores = StoreAccess(db) if not one_shot or db.is_file() else None
     return Commands(settings, gate, stores, retrain=retrain_hook(settings)), gate, stores
+
+
+def _holds_no_messages(db: Path) -> bool:
+    from training.store import Store
+
+    with Store.open(db, create=False) as store:
+        return store.message_count() == 0
 
 
 def log_health(platform: str, settings: Settings, gate: ModelGate, stores: StoreAccess | None) -> None:
@@ -144,7 +154,7 @@ def run_impersonate(args: argparse.Namespace) -> int:
     settings = load(args)
     commands, gate, _ = build_commands(settings, watch=False, one_shot=True)
     try:
-        reply = commands.write_as(args.name, args.prompt, temperature=args.temp, srand=args.srand)
+        reply = commands.write_as(" ".join(args.name), args.prompt, temperature=args.temp, srand=args.srand)
     finally:
         gate.close()
     print(reply.text)
@@ -184,7 +194,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run_serve)
 
     p = sub.add_parser("impersonate", help="print one message written as NAME (for scripts)")
-    p.add_argument("name", metavar="NAME", help="a speaker, handle, display or real name")
+    p.add_argument("name", metavar="NAME", nargs="+", help="a speaker, handle, display or real name (King Henry: "
+                                                            "its words need no quotes)")
     _config_args(p)
     p.add_argument("--prompt", metavar="TEXT", help="the message's opening words")
     p.add_argument("-srand", "--srand", type=int, default=None, help="random seed (repeatable output)")

@@ -32,6 +32,7 @@ def test_impersonate_prints_one_message(chat_world: ChatWorld, db: Path, capsys:
     assert main(args) == 0
     assert capsys.readouterr().out == first  # -srand makes it repeatable
     assert main(["impersonate", "Grace Lindqvist", "--model", str(chat_world.model), "-temp", "0.5"]) == 0
+    assert main(["impersonate", "Grace", "Lindqvist", "--model", str(chat_world.model), "-temp", "0.5"]) == 0
 
 
 @pytest.mark.parametrize(("args", "needle"), [
@@ -66,6 +67,11 @@ def test_a_store_named_but_missing_is_refused_not_created(chat_world: ChatWorld,
     assert main(["serve", "console", "--model", str(chat_world.model), "--data-dir", str(tmp_path)]) == 2
     one_line_error(capsys, "no such message store")  # the default store, empty, would refuse everyone
     assert not typo.exists() and not (tmp_path / "mimic.db").exists()
+    from training.store import Store
+
+    Store.open(typo).close()  # an empty store, as an earlier run with the wrong path would have made
+    assert main(["impersonate", "grace", "--model", str(chat_world.model), "--db", str(typo)]) == 2
+    one_line_error(capsys, "holds no messages, but the model knows 6 people")
 
 
 def test_who_without_a_model_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
