@@ -120,7 +120,7 @@ def test_serve_slack_names_every_missing_secret_at_once(tmp_path: Path, capsys: 
     err = capsys.readouterr().err
     assert "SLACK_BOT_TOKEN is not set" in err and "SLACK_SIGNING_SECRET is not set" in err
     monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-1")
-    monkeypatch.setenv("SLACK_APP_TOKEN", "xoxb-pasted-twice")  # the bot token where the app token goes
+    monkeypatch.setenv("SLACK_APP_TOKEN", "xoxb-2")  # the bot token where the app token goes
     assert main(["serve", "slack", "--data-dir", str(tmp_path)]) == 2  # refused before dialling Slack
     one_line_error(capsys, "SLACK_APP_TOKEN is not an app-level token (those start with xapp-")
 
