@@ -153,7 +153,7 @@ def run_retrain(args: argparse.Namespace) -> int:
         print(json.dumps(outcome.as_dict(), ensure_ascii=False, indent=2))
     if not outcome.ok:
         print(f"mimic: {outcome.summary()}", file=sys.stderr)
-        return 2
+        return 130 if outcome.interrupted else 2  # Ctrl-C exits 130 whichever stage it lands in
     if not args.json:
         print(outcome.summary())
     return 0

@@ -193,6 +193,9 @@ class Score:
     samples: int
 
 
+INTERRUPTED = "interrupted"  # how a run stopped by Ctrl-C during training says so
+
+
 @dataclass(frozen=True)
 class RetrainOutcome:
     status: str  # promoted | kept | failed
@@ -208,6 +211,11 @@ class RetrainOutcome:
     @property
     def ok(self) -> bool:
         return self.status != "failed"
+
+    @property
+    def interrupted(self) -> bool:
+        """Stopped by Ctrl-C (or SIGTERM) during training, its checkpoint kept for the next run."""
+        return self.status == "failed" and self.stage == "train" and self.reason.startswith(INTERRUPTED)
 
     def summary(self) -> str:
         if self.status == "promoted":
@@ -524,7 +532,7 @@ def _steps(registry: Registry, opts: RetrainOptions, run: str, events: EventFn,
                                  on_progress=_progress_events(events, on_progress))
     if result.interrupted:
         state["keep_staging"] = True  # Ctrl-C: the checkpoint is there to resume from
-        raise _Failed("train", f"interrupted at step {result.step}; the next run resumes from its checkpoint")
+        raise _Failed("train", f"{INTERRUPTED} at step {result.step}; the next run resumes from its checkpoint")
 
     state["stage"] = "export"
     events("exporting to ONNX (with the parity check)")

@@ -134,3 +134,17 @@ def test_retrain_flags_are_checked_before_any_run_is_recorded(tmp_path: Path, ca
     before = runs.read_text() if runs.exists() else ""
     _one_line_error(capsys, main(["retrain", "--data-dir", str(tmp_path), *flags]), needle)
     assert (runs.read_text() if runs.exists() else "") == before
+
+
+def test_retrain_interrupted_in_training_exits_130(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C exits 130 whether it lands in training (the run records it) or after (KeyboardInterrupt)."""
+    import bot.retrain
+    from bot.retrain import RetrainOutcome
+
+    stopped = RetrainOutcome("failed", "interrupted at step 54; the next run resumes from its checkpoint", "r",
+                             stage="train")
+    monkeypatch.setattr(bot.retrain, "run_retrain", lambda *a, **k: stopped)
+    assert stopped.interrupted and not RetrainOutcome("failed", "disk full", "r", stage="train").interrupted
+    assert main(["retrain", "--data-dir", str(tmp_path)]) == 130
+    assert "interrupted at step 54" in capsys.readouterr().err
