@@ -62,32 +62,35 @@ class ChannelDirectory:
     """Channel id -> (name, kind), from conversations.info, cached. An unknown kind counts as not public,
     so a failed lookup can only make Mimic quieter, never post or learn somewhere it should not."""
 
-    def __init__(self, client: WebClient, ttl: float = 600.0, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, client: WebClient, ttl: float = 600.0, clock: Callable[[], float] = time.monotonic,
+                 failure_ttl: float = 60.0):
         self.client = client
         self.ttl = ttl
-        self.clock = clock
-        self._cache: dict[str, tuple[float, str | None, str]] = {}
+        self.failure_ttl = failure_ttl  # a failed lookup (no groups:read for a private channel) is not retried
+        self.clock = clock              # at every message there, only after this long
+        self._cache: dict[str, tuple[float, str | None, str]] = {}  # id -> (expires at, name, kind)
         self._lock = threading.Lock()
 
     def lookup(self, channel_id: str) -> tuple[str | None, str]:
         with self._lock:
             hit = self._cache.get(channel_id)
-        if hit is not None and self.clock() - hit[0] < self.ttl:
+        if hit is not None and self.clock() < hit[0]:
             return hit[1], hit[2]
+        ttl = self.ttl
         if channel_id.startswith("D"):
             name, kind = None, "dm"
         else:
             try:
                 info = self.client.conversations_info(channel=channel_id)["channel"]
+                kind = ("dm" if info.get("is_im") else "mpim" if info.get("is_mpim")
+                        else "private" if info.get("is_private") or info.get("is_group") else "public")
+                name = info.get("name")
             except SlackApiError as exc:
                 log.warning("conversations.info %s failed (%s); treating the channel as private",
                             channel_id, exc.response.get("error"))
-                return None, "unknown"
-            kind = ("dm" if info.get("is_im") else "mpim" if info.get("is_mpim")
-                    else "private" if info.get("is_private") or info.get("is_group") else "public")
-            name = info.get("name")
+                name, kind, ttl = None, "unknown", self.failure_ttl
         with self._lock:
-            self._cache[channel_id] = (self.clock(), name, kind)
+            self._cache[channel_id] = (self.clock() + ttl, name, kind)
         return name, kind
 
 
@@ -179,6 +182,8 @@ def register(app: App, settings: Settings, commands: Commands, channels: Channel
 
     @app.event("app_mention")
     def on_mention(event: dict[str, Any], client: WebClient) -> None:  # Bolt acked already; this runs after
+        if event.get("edited"):  # Slack sends app_mention again for every edit: answer the original once
+            return
         channel_id = event["channel"]
         name, kind = channels.lookup(channel_id)
         inv = Invocation.from_text(_LEADING_MENTION.sub("", event.get("text") or "", count=1), platform="slack",

@@ -184,6 +184,19 @@ def test_app_mention(served: Served, slack_api: FakeSlackApi) -> None:
     assert private["user"] == GRACE and "no such person" in private["text"]
 
 
+def test_an_edited_mention_is_not_run_again(served: Served, slack_api: FakeSlackApi) -> None:
+    """Slack sends app_mention again for every edit of a message that mentions the bot."""
+    edited = {"type": "app_mention", "user": GRACE, "text": "<@U0MIMICBOT> impersonate ada", "ts": "1700000001.1",
+              "channel": GENERAL, "event_ts": "1700000009.1", "edited": {"user": GRACE, "ts": "1700000009.1"}}
+    assert served.post(event_body(edited), content_type="application/json")[0] == 200
+    fresh = {**edited, "text": "<@U0MIMICBOT> impersonate grace", "ts": "1700000010.1", "event_ts": "1700000010.1"}
+    del fresh["edited"]
+    assert served.post(event_body(fresh), content_type="application/json")[0] == 200
+    assert slack_api.wait_for("chat.postMessage")[0]["username"] == "Grace (mimic)"
+    time.sleep(0.3)  # the edited one, were it run, would have posted by now
+    assert [c["username"] for c in slack_api.calls("chat.postMessage")] == ["Grace (mimic)"]
+
+
 def test_live_capture_of_messages_edits_and_deletions(served: Served, slack_api: FakeSlackApi, db: Path) -> None:
     store = StoreAccess(db)
     before = store.store().message_count()
@@ -236,6 +249,20 @@ def test_channel_directory(parts, slack_api: FakeSlackApi) -> None:
     assert channels.lookup("C0GONE") == (None, "unknown")  # a failed lookup is never taken as public
     channels.lookup(GENERAL)
     assert len(slack_api.calls("conversations.info")) == 3  # cached
+    assert channels.lookup("C0GONE") == (None, "unknown")  # a failure is cached too (not asked at every message)
+    assert len(slack_api.calls("conversations.info")) == 3
+
+
+def test_a_failed_channel_lookup_is_retried_after_a_while(parts, slack_api: FakeSlackApi) -> None:
+    now = [0.0]
+    channels = ChannelDirectory(make_client(parts[0]), clock=lambda: now[0])
+    channels.lookup("C0GONE")
+    now[0] = channels.failure_ttl - 1
+    channels.lookup("C0GONE")
+    assert len(slack_api.calls("conversations.info")) == 1
+    now[0] = channels.failure_ttl + 1
+    channels.lookup("C0GONE")
+    assert len(slack_api.calls("conversations.info")) == 2
 
 
 def test_missing_secrets_are_one_line_config_errors(chat_world: ChatWorld, db: Path, slack_api: FakeSlackApi) -> None:
