@@ -1,13 +1,15 @@
 """Discord: slash commands and live capture, translated to and from the command layer (discord.py 2.x).
 
-    /impersonate person:<member> [prompt]   defer at once, generate in a worker thread, post through the
+    /impersonate person:<user> [prompt]     defer at once, generate in a worker thread, post through the
                                             channel's webhook as the member (their name + marker, their avatar)
     /mimic who|help|optout|optin|forget|retrain
-    messages, edits, deletions              captured into the store in learn channels (message-content intent)
+    messages, edits, deletions (bulk too)   captured into the store in learn channels (message-content intent)
 
-Posting as someone needs Manage Webhooks; without it (Forbidden) Mimic falls back to a normal bot message
-that says who is being impersonated. Every send carries AllowedMentions.none(). Slash commands are synced to
-`dev_guild_id` at start when set; a global sync is an explicit `--sync-global`, never a side effect.
+The commands are guild-only. Posting as someone needs Manage Webhooks; without it (Forbidden), or when
+Discord refuses the webhook (any other HTTP error: 15 webhooks already, a name it rejects), Mimic falls back
+to a normal bot message that says who is being impersonated. Every send carries AllowedMentions.none().
+Slash commands are synced to `dev_guild_id` at start when set; a global sync is an explicit `--sync-global`,
+never a side effect.
 """
 
 from __future__ import annotations
@@ -65,6 +67,10 @@ class WebhookCache:
             except discord.Forbidden:
                 log.info("no Manage Webhooks in channel %s; posting impersonations as plain bot messages", target.id)
                 return None
+            except discord.HTTPException as exc:  # e.g. 400/30007: the channel already holds 15 webhooks
+                log.warning("no webhook in channel %s (HTTP %s, code %s: %s); posting as a plain bot message",
+                            target.id, exc.status, exc.code, exc.text)
+                return None
             # Sent through the bot's own session, which the bot closes (a library never closes one it is given).
             self._hooks[target.id] = discord.Webhook.partial(hook.id, hook.token, session=self.session)
             return self._hooks[target.id]
@@ -104,6 +110,8 @@ def _invocation(interaction: discord.Interaction, command: str, args: str = "") 
 class ImpersonateCog(ext.Cog):
     """`/impersonate` and the `/mimic` group."""
 
+    # /impersonate is guild-only (Discord doesn't offer it in DMs); the /mimic group stays available there, so a
+    # person can opt out privately in a DM with the bot.
     mimic = app_commands.Group(name="mimic", description="Mimic: who it can write as, consent, admin")
 
     def __init__(self, bot: MimicDiscordBot, commands: Commands, marker: str):
@@ -116,9 +124,12 @@ class ImpersonateCog(ext.Cog):
         return await asyncio.to_thread(self.commands.handle, _invocation(interaction, command, args))
 
     @app_commands.command(name="impersonate", description="Write a message the way someone here would")
+    @app_commands.guild_only()
     @app_commands.describe(person="who to write as", prompt="opening words (optional)")
-    async def impersonate(self, interaction: discord.Interaction, person: discord.Member,
+    async def impersonate(self, interaction: discord.Interaction, person: discord.User,
                           prompt: str | None = None) -> None:
+        # discord.User, not Member: someone who left the server resolves to a User (a Member where they are one),
+        # and is still found in the model by id or name.
         reply = await self._run(interaction, "impersonate", f"<@{person.id}|{person.name}> {prompt or ''}")
         await self.deliver(interaction, reply, person)
 
@@ -139,6 +150,10 @@ class ImpersonateCog(ext.Cog):
                 done = "Posted as a plain bot message (I need Manage Webhooks here to post under their name)."
             except discord.Forbidden:
                 done = "I can't post in this channel."
+            except discord.HTTPException as exc:
+                log.warning("plain post in channel %s refused (HTTP %s, code %s: %s)", interaction.channel_id,
+                            exc.status, exc.code, exc.text)
+                done = "Discord refused the post; it has been logged."
         await interaction.edit_original_response(content=done, allowed_mentions=NO_PINGS)
 
     async def _post_as(self, channel: Any, text: str, name: str, avatar: str | None) -> bool:
@@ -148,10 +163,15 @@ class ImpersonateCog(ext.Cog):
             return False
         thread = channel if isinstance(channel, discord.Thread) else discord.utils.MISSING
         try:
-            await webhook.send(text, username=name, avatar_url=avatar, allowed_mentions=NO_PINGS, thread=thread)
+            await webhook.send(text[:DISCORD_MAX_CHARS], username=name, avatar_url=avatar, allowed_mentions=NO_PINGS,
+                               thread=thread)
             return True
         except (discord.Forbidden, discord.NotFound):  # deleted, or the permission withdrawn, since cached
             self.bot.webhooks.drop(channel)
+            return False
+        except discord.HTTPException as exc:  # e.g. 400/50035: a name or content Discord refuses; the hook is fine
+            log.warning("webhook post in channel %s refused (HTTP %s, code %s: %s); posting as a plain bot message",
+                        channel.id, exc.status, exc.code, exc.text)
             return False
 
     async def _private(self, interaction: discord.Interaction, command: str, args: str = "") -> None:
@@ -214,6 +234,17 @@ class CaptureCog(ext.Cog):
     @ext.Cog.listener()
     async def on_raw_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:
         await asyncio.to_thread(self.capture.discord_delete, str(payload.channel_id), str(payload.message_id))
+
+    @ext.Cog.listener()
+    async def on_raw_bulk_message_delete(self, payload: discord.RawBulkMessageDeleteEvent) -> None:
+        """Purges and bans that delete messages arrive only as one bulk event, never as single deletes."""
+        channel_id = str(payload.channel_id)
+
+        def delete_all() -> None:
+            for message_id in sorted(payload.message_ids):
+                self.capture.discord_delete(channel_id, str(message_id))
+
+        await asyncio.to_thread(delete_all)
 
 
 class MimicDiscordBot(ext.Bot):

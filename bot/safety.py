@@ -28,7 +28,9 @@ _SLACK_BROADCAST = {"here", "channel", "everyone", "group"}
 _BROADCAST_WORD = re.compile(r"@(?=(here|channel|everyone)\b)", re.IGNORECASE)
 _DISCORD_MENTION = re.compile(r"<@(?:!?(?P<user>\d+)|&(?P<role>\d+))>")
 _DISCORD_BROADCAST = re.compile(r"@(?=(everyone|here)\b)", re.IGNORECASE)
-_DISCORD_BAD_NAME = re.compile(r"(clyde|discord|everyone|here)", re.IGNORECASE)
+_DISCORD_BAD_NAME = re.compile(r"(clyde|discord)", re.IGNORECASE)  # refused anywhere in a webhook name
+_DISCORD_RESERVED_NAME = re.compile(r"(everyone|here)", re.IGNORECASE)  # refused only as the whole name
+_BACKTICK_PAIR = re.compile(r"`(?=`)")  # "```" is refused (400, 50035 Invalid Form Body)
 
 
 def _lookup(resolver: Resolver | None, key: str) -> str | None:
@@ -77,10 +79,18 @@ def discord_safe(text: str, users: Resolver | None = None, roles: Resolver | Non
     return _DISCORD_BROADCAST.sub("@" + ZWSP, _DISCORD_MENTION.sub(render, text))
 
 
+def _break(m: re.Match[str]) -> str:
+    return m.group(1)[0] + HAIR + m.group(1)[1:]
+
+
 def discord_username(name: str, limit: int = 80) -> str:
-    """A name Discord accepts for a webhook post: no "clyde"/"discord" (a hair space breaks them up, as
-    PluralKit does), 1-80 characters."""
-    name = _DISCORD_BAD_NAME.sub(lambda m: m.group(1)[0] + HAIR + m.group(1)[1:], name.strip())
+    """A name Discord accepts for a webhook post: no "clyde"/"discord" anywhere and not exactly "everyone"/"here"
+    (a hair space breaks them up, as PluralKit does), no "```" (a zero-width space between backticks),
+    1-80 characters."""
+    name = _DISCORD_BAD_NAME.sub(_break, name.strip())
+    if _DISCORD_RESERVED_NAME.fullmatch(name):
+        name = _DISCORD_RESERVED_NAME.sub(_break, name)
+    name = _BACKTICK_PAIR.sub("`" + ZWSP, name)
     if len(name) > limit:
         name = name[: limit - 1] + "…"
     if not name:

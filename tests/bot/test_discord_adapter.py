@@ -16,7 +16,7 @@ import discord
 import pytest
 
 from bot.capture import Capture, StoreAccess
-from bot.commands import Commands, ModelGate
+from bot.commands import Commands, ModelGate, Reply
 from bot.config import DiscordSettings, Settings
 from bot.discord_adapter import MimicDiscordBot, channel_kind
 from tests.bot.conftest import ChatWorld, make_settings
@@ -44,7 +44,8 @@ def message_payload(content: str = "", author: dict[str, Any] = BOT_USER) -> dic
 class FakeResponse:
     def __init__(self, status: int, body: Any) -> None:
         self.status = status
-        self.reason = {200: "OK", 204: "No Content", 403: "Forbidden", 404: "Not Found"}.get(status, "")
+        self.reason = {200: "OK", 204: "No Content", 400: "Bad Request", 403: "Forbidden",
+                       404: "Not Found"}.get(status, "")
         self._text = "" if body is None else json.dumps(body)
         self.headers = {"content-type": "application/json"} if body is not None else {}
 
@@ -71,6 +72,8 @@ class FakeDiscordHttp:
         self.requests: list[tuple[str, str, Any]] = []
         self.forbidden_webhooks = False
         self.webhook_gone = False  # someone deleted Mimic's webhook in the channel settings
+        self.webhooks_full = False  # the channel already holds 15 webhooks (other integrations')
+        self.refuse_webhook_posts = False  # Discord answers 400 to any webhook post (a name it rejects, say)
         self.closed = False
 
     def calls(self, method: str, pattern: str) -> list[Any]:
@@ -90,11 +93,17 @@ class FakeDiscordHttp:
         if path == f"/channels/{CHANNEL}/webhooks":
             if self.forbidden_webhooks:
                 return FakeResponse(403, {"message": "Missing Permissions", "code": 50013})
+            if self.webhooks_full and method == "POST":
+                return FakeResponse(400, {"message": "Maximum number of webhooks reached (15)", "code": 30007})
             hook = {"id": HOOK_ID, "type": 1, "name": "Mimic", "channel_id": CHANNEL, "guild_id": GUILD,
                     "token": HOOK_TOKEN, "application_id": APP_ID, "user": BOT_USER, "avatar": None}
             return FakeResponse(200, [] if method == "GET" else hook)
         if path == f"/webhooks/{HOOK_ID}/{HOOK_TOKEN}":
-            return FakeResponse(404, {"message": "Unknown Webhook", "code": 10015}) if self.webhook_gone else \
+            if self.webhook_gone:
+                return FakeResponse(404, {"message": "Unknown Webhook", "code": 10015})
+            invalid = self.refuse_webhook_posts or "```" in (body or {}).get("username", "") \
+                or len((body or {}).get("content", "")) > 2000
+            return FakeResponse(400, {"message": "Invalid Form Body", "code": 50035}) if invalid else \
                 FakeResponse(204, None)
         if path.startswith(f"/webhooks/{APP_ID}/"):  # follow-ups and edits of the interaction's response
             return FakeResponse(200, message_payload((body or {}).get("content") or ""))
@@ -249,6 +258,96 @@ def test_a_deleted_webhook_is_dropped_and_found_again(discord_parts) -> None:
     assert_no_pings(fake)
 
 
+def test_a_channel_with_15_webhooks_falls_back_to_a_plain_bot_message(discord_parts) -> None:
+    settings, commands = discord_parts
+    fake = FakeDiscordHttp()
+    fake.webhooks_full = True  # Discord: 400, code 30007
+
+    async def scenario(bot: MimicDiscordBot, errors: list[BaseException]) -> None:
+        await call(bot, impersonate_payload(ADA_ID, "ada", "Ada (work)"))
+
+    run_bot(settings, commands, fake, scenario)  # no CommandInvokeError: run_bot asserts none
+    assert len(fake.calls("POST", f"/channels/{CHANNEL}/webhooks")) == 1
+    assert not fake.calls("POST", f"/webhooks/{HOOK_ID}/{HOOK_TOKEN}")
+    (message,) = fake.calls("POST", f"/channels/{CHANNEL}/messages")
+    assert message["content"].startswith("Mimic, writing as **Ada (work)**:\n")
+    assert "plain bot message" in fake.calls("PATCH", rf"/webhooks/{APP_ID}/[^/]+/messages/@original")[0]["content"]
+    assert not [f for f in fake.calls("POST", rf"/webhooks/{APP_ID}/[^/]+") if "went wrong" in f["content"]]
+    assert_no_pings(fake)
+
+
+def test_a_refused_webhook_post_falls_back_and_keeps_the_webhook(discord_parts) -> None:
+    settings, commands = discord_parts
+    fake = FakeDiscordHttp()
+
+    async def scenario(bot: MimicDiscordBot, errors: list[BaseException]) -> None:
+        fake.refuse_webhook_posts = True  # Discord: 400, code 50035 Invalid Form Body
+        await call(bot, impersonate_payload(ADA_ID, "ada", "Ada (work)"))
+        fake.refuse_webhook_posts = False
+        await call(bot, impersonate_payload(ADA_ID, "ada", "Ada (work)"))
+
+    run_bot(settings, commands, fake, scenario)
+    assert len(fake.calls("POST", f"/webhooks/{HOOK_ID}/{HOOK_TOKEN}")) == 2
+    assert len(fake.calls("POST", f"/channels/{CHANNEL}/messages")) == 1  # only the refused one fell back
+    assert len(fake.calls("GET", f"/channels/{CHANNEL}/webhooks")) == 1  # the webhook itself was kept
+    edits = [e["content"] for e in fake.calls("PATCH", rf"/webhooks/{APP_ID}/[^/]+/messages/@original")]
+    assert "plain bot message" in edits[0] and edits[1].startswith("Posted as")
+    assert_no_pings(fake)
+
+
+def test_backticks_in_a_name_are_broken_up(discord_parts) -> None:
+    settings, commands = discord_parts
+    fake = FakeDiscordHttp()  # answers 400/50035 to a username containing ```
+
+    async def scenario(bot: MimicDiscordBot, errors: list[BaseException]) -> None:
+        await call(bot, impersonate_payload(ADA_ID, "ada", "Ada ```code```"))
+
+    run_bot(settings, commands, fake, scenario)
+    (post,) = fake.calls("POST", f"/webhooks/{HOOK_ID}/{HOOK_TOKEN}")
+    assert "```" not in post["username"] and post["username"].replace("\u200b", "") == "Ada ```code``` (mimic)"
+    assert not fake.calls("POST", f"/channels/{CHANNEL}/messages")
+
+
+def test_webhook_content_is_cut_to_discords_limit(discord_parts, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings, commands = discord_parts
+    fake = FakeDiscordHttp()  # answers 400/50035 to content over 2,000 characters
+    monkeypatch.setattr(commands, "handle", lambda invocation: Reply("word " * 1000))  # max_message_chars allows it
+
+    async def scenario(bot: MimicDiscordBot, errors: list[BaseException]) -> None:
+        await call(bot, impersonate_payload(ADA_ID, "ada", "Ada (work)"))
+
+    run_bot(settings, commands, fake, scenario)
+    (post,) = fake.calls("POST", f"/webhooks/{HOOK_ID}/{HOOK_TOKEN}")
+    assert len(post["content"]) == 2000
+    assert not fake.calls("POST", f"/channels/{CHANNEL}/messages")
+
+
+def test_someone_who_left_the_server_is_still_a_person(discord_parts) -> None:
+    """Without a member entry discord.py resolves the option to a User; the person is still found by id/name."""
+    settings, commands = discord_parts
+    fake = FakeDiscordHttp()
+    payload = impersonate_payload(ADA_ID, "ada", "Ada L")
+    del payload["data"]["resolved"]["members"]
+
+    async def scenario(bot: MimicDiscordBot, errors: list[BaseException]) -> None:
+        await call(bot, payload)
+
+    run_bot(settings, commands, fake, scenario)  # no TransformerError
+    (post,) = fake.calls("POST", f"/webhooks/{HOOK_ID}/{HOOK_TOKEN}")
+    assert post["username"] == "Ada L (mimic)"
+
+
+def test_impersonate_is_guild_only_and_consent_works_in_dms(discord_parts) -> None:
+    settings, commands = discord_parts
+
+    async def check(bot: MimicDiscordBot, errors: list[BaseException]) -> None:
+        payload = bot.tree.get_command("impersonate").to_dict(bot.tree)
+        assert payload["contexts"] == [0] and payload["dm_permission"] is False, payload
+        assert bot.tree.get_command("mimic").to_dict(bot.tree).get("dm_permission") is not False  # /mimic optout
+
+    run_bot(settings, commands, FakeDiscordHttp(), check)
+
+
 def test_errors_are_private_follow_ups(discord_parts) -> None:
     settings, commands = discord_parts
     fake = FakeDiscordHttp()
@@ -343,6 +442,38 @@ def test_capture_cog_stores_edits_and_deletes(discord_parts, db: Path) -> None:
         assert store.store().message_count() == before  # our own posts are never learned from
 
     run_bot(settings, commands, fake, scenario, capture=capture)
+
+
+def test_bulk_deletes_leave_the_store(discord_parts, db: Path) -> None:
+    """A purge, or a ban that deletes messages, arrives only as MESSAGE_DELETE_BULK."""
+    settings, commands = discord_parts
+    capture = Capture(StoreAccess(db), settings.slack.learn, settings.discord.learn)
+    store = StoreAccess(db)
+    before = store.store().message_count()
+    author = user(ADA_ID, "ada_p", "Ada P")
+    channel = {"id": CHANNEL, "type": 0, "name": "general", "guild_id": GUILD, "position": 0,
+               "permission_overwrites": []}
+    ids = ["700000000000000600", "700000000000000601", "700000000000000602"]
+
+    async def scenario(bot: MimicDiscordBot, errors: list[BaseException]) -> None:
+        state = bot._connection
+        guild = state._get_or_create_unavailable_guild(int(GUILD))
+        text_channel = discord.TextChannel(state=state, guild=guild, data=channel)
+        cog = bot.get_cog("CaptureCog")
+        for i, mid in enumerate(ids):
+            data = {**message_payload(f"message {i} from discord", author), "id": mid}
+            await cog.on_message(discord.Message(state=state, channel=text_channel, data=data))
+        assert store.store().message_count() == before + 3
+        # through discord.py's own gateway parser and dispatch, as a purge of two of them arrives
+        bot.loop = asyncio.get_running_loop()  # what Client.start sets; dispatch schedules listeners on it
+        state.parse_message_delete_bulk({"ids": ids[:2], "channel_id": CHANNEL, "guild_id": GUILD})
+        for _ in range(200):
+            if store.store().message_count() == before + 1:
+                break
+            await asyncio.sleep(0.01)
+        assert store.store().message_count() == before + 1
+
+    run_bot(settings, commands, FakeDiscordHttp(), scenario, capture=capture)
 
 
 def test_channel_kinds() -> None:

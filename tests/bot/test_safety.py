@@ -75,5 +75,23 @@ def test_random_text_never_keeps_a_mention() -> None:
 def test_webhook_names_discord_accepts() -> None:
     assert "discord" not in discord_username("Discord Dan (mimic)").lower()
     assert "clyde" not in discord_username("clyde").lower()
+    assert "clyde" not in discord_username("Mr Clydesdale").lower()  # clyde/discord: refused anywhere
     assert len(discord_username("x" * 200)) == 80
     assert len(discord_username("A")) == 2 and discord_username("") == "someone"
+
+
+@pytest.mark.parametrize("name", ["here", "Everyone", " HERE ", "everyone\n"])
+def test_here_and_everyone_are_broken_up_only_as_the_whole_name(name: str) -> None:
+    safe = discord_username(name)
+    assert safe.lower() not in ("here", "everyone") and safe.replace("\u200a", "").lower() == name.strip().lower()
+
+
+@pytest.mark.parametrize("name", ["Theresa", "Sphere", "Everyone's friend", "here (mimic)", "Ada"])
+def test_names_that_only_contain_here_or_everyone_are_left_alone(name: str) -> None:
+    assert discord_username(name) == name
+
+
+@pytest.mark.parametrize("name", ["Ada ```code```", "````", "a``b", "`x`"])
+def test_backtick_runs_are_broken_up(name: str) -> None:
+    safe = discord_username(name)
+    assert "``" not in safe and safe.replace(ZWSP, "") == name
