@@ -410,15 +410,22 @@ def test_the_bot_closes_the_session_it_owns(discord_parts) -> None:
     assert not asyncio.run(handed_in())  # a session handed in belongs to whoever made it
 
 
-def test_capture_cog_stores_edits_and_deletes(discord_parts, db: Path) -> None:
+TEXT_CHANNEL = {"id": CHANNEL, "type": 0, "name": "general", "guild_id": GUILD, "position": 0,
+                "permission_overwrites": []}
+
+
+def _capturing(discord_parts, db: Path) -> tuple:
+    """(settings, commands, capture into `db`, the store, its message count now)."""
     settings, commands = discord_parts
-    fake = FakeDiscordHttp()
-    capture = Capture(StoreAccess(db), settings.slack.learn, settings.discord.learn)
     store = StoreAccess(db)
-    before = store.store().message_count()
-    author = user(ADA_ID, "ada_p", "Ada P")
-    channel = {"id": CHANNEL, "type": 0, "name": "general", "guild_id": GUILD, "position": 0,
-               "permission_overwrites": []}
+    capture = Capture(StoreAccess(db), settings.slack.learn, settings.discord.learn)
+    return settings, commands, capture, store, store.store().message_count()
+
+
+def test_capture_cog_stores_edits_and_deletes(discord_parts, db: Path) -> None:
+    settings, commands, capture, store, before = _capturing(discord_parts, db)
+    fake = FakeDiscordHttp()
+    author, channel = user(ADA_ID, "ada_p", "Ada P"), TEXT_CHANNEL
 
     async def scenario(bot: MimicDiscordBot, errors: list[BaseException]) -> None:
         state = bot._connection
@@ -446,13 +453,8 @@ def test_capture_cog_stores_edits_and_deletes(discord_parts, db: Path) -> None:
 
 def test_bulk_deletes_leave_the_store(discord_parts, db: Path) -> None:
     """A purge, or a ban that deletes messages, arrives only as MESSAGE_DELETE_BULK."""
-    settings, commands = discord_parts
-    capture = Capture(StoreAccess(db), settings.slack.learn, settings.discord.learn)
-    store = StoreAccess(db)
-    before = store.store().message_count()
-    author = user(ADA_ID, "ada_p", "Ada P")
-    channel = {"id": CHANNEL, "type": 0, "name": "general", "guild_id": GUILD, "position": 0,
-               "permission_overwrites": []}
+    settings, commands, capture, store, before = _capturing(discord_parts, db)
+    author, channel = user(ADA_ID, "ada_p", "Ada P"), TEXT_CHANNEL
     ids = ["700000000000000600", "700000000000000601", "700000000000000602"]
 
     async def scenario(bot: MimicDiscordBot, errors: list[BaseException]) -> None:
