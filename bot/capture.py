@@ -179,6 +179,10 @@ class Capture:
         store = self.stores.store()
         return "deleted" if store.delete_message(DISCORD, channel_id, message_id) else "not stored"
 
+    def discord_channel_deleted(self, channel_id: str) -> int:
+        """A channel or thread deleted on Discord: its messages leave the store too, as deleted messages do."""
+        return self.stores.store().delete_channel(DISCORD, channel_id)
+
 
 def _discord_record(store: Store, message: dict[str, Any], channel: ChannelRecord, guild_name: str | None):
     """The importer's own conversion of one message, so a live row equals the row an export would give."""

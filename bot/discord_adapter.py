@@ -246,6 +246,14 @@ class CaptureCog(ext.Cog):
 
         await asyncio.to_thread(delete_all)
 
+    @ext.Cog.listener()
+    async def on_raw_thread_delete(self, payload: discord.RawThreadDeleteEvent) -> None:
+        await asyncio.to_thread(self.capture.discord_channel_deleted, str(payload.thread_id))
+
+    @ext.Cog.listener()
+    async def on_guild_channel_delete(self, channel: discord.abc.GuildChannel) -> None:
+        await asyncio.to_thread(self.capture.discord_channel_deleted, str(channel.id))
+
 
 class MimicDiscordBot(ext.Bot):
     """Wires the cogs to Mimic's parts; owns the aiohttp session its webhooks post through."""

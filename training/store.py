@@ -502,6 +502,19 @@ class Store:
             )
         return cursor.rowcount > 0
 
+    def delete_channel(self, platform: str, channel_id: str) -> int:
+        """Remove a channel deleted upstream, with its messages and watermark; returns how many messages went."""
+        with self.transaction():
+            row = self._conn.execute(
+                "SELECT id FROM channels WHERE platform = ? AND platform_id = ?", (platform, channel_id)
+            ).fetchone()
+            if row is None:
+                return 0
+            deleted = self._conn.execute("DELETE FROM messages WHERE channel_id = ?", (row[0],)).rowcount
+            self._conn.execute("DELETE FROM watermarks WHERE channel_id = ?", (row[0],))
+            self._conn.execute("DELETE FROM channels WHERE id = ?", (row[0],))
+        return deleted
+
     def message_count(self) -> int:
         return self._conn.execute("SELECT count(*) FROM messages").fetchone()[0]
 

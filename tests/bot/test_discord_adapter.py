@@ -478,6 +478,41 @@ def test_bulk_deletes_leave_the_store(discord_parts, db: Path) -> None:
     run_bot(settings, commands, FakeDiscordHttp(), scenario, capture=capture)
 
 
+def test_deleted_channels_and_threads_leave_the_store(discord_parts, db: Path) -> None:
+    """A channel (or thread) deleted on Discord takes its messages out of the store, as deleted messages go."""
+    settings, commands, capture, store, before = _capturing(discord_parts, db)
+    author = user(ADA_ID, "ada_p", "Ada P")
+    thread_id = "900000000000000001"
+
+    async def scenario(bot: MimicDiscordBot, errors: list[BaseException]) -> None:
+        state = bot._connection
+        bot.loop = asyncio.get_running_loop()
+        guild = state._get_or_create_unavailable_guild(int(GUILD))
+        state._add_guild(guild)  # known to the gateway parser, as after GUILD_CREATE
+        text_channel = discord.TextChannel(state=state, guild=guild, data=TEXT_CHANNEL)
+        thread = discord.TextChannel(state=state, guild=guild, data={**TEXT_CHANNEL, "id": thread_id, "name": "t"})
+        guild._add_channel(text_channel)
+        cog = bot.get_cog("CaptureCog")
+        for i, where in enumerate((text_channel, text_channel, thread)):
+            data = {**message_payload(f"message {i}", author), "id": f"70000000000000070{i}", "channel_id": str(where.id)}
+            await cog.on_message(discord.Message(state=state, channel=where, data=data))
+        assert store.store().message_count() == before + 3
+
+        async def settled(count: int) -> None:
+            for _ in range(200):
+                if store.store().message_count() == count:
+                    return
+                await asyncio.sleep(0.01)
+            raise AssertionError(f"{store.store().message_count()} messages, not {count}")
+
+        state.parse_thread_delete({"id": thread_id, "guild_id": GUILD, "parent_id": CHANNEL, "type": 11})
+        await settled(before + 2)
+        state.parse_channel_delete({**TEXT_CHANNEL})
+        await settled(before)
+
+    run_bot(settings, commands, FakeDiscordHttp(), scenario, capture=capture)
+
+
 def test_channel_kinds() -> None:
     client = discord.Client(intents=discord.Intents.default())
     state = client._connection

@@ -283,3 +283,12 @@ def test_names_and_lookups_for_mentions(store):
     assert store.channel_names("slack") == {"C1": "general", "C2": "random"}
     assert store.channel("slack", "C1") == ChannelRecord("slack", "C1", "general", "T1", "public")
     assert store.channel("slack", "C9") is None
+
+
+def test_delete_channel_takes_its_messages_and_watermark(store):
+    store.upsert_messages([_m("1.0", "U1", "in one", 1.0), _m("2.0", "U1", "in one too", 2.0),
+                           _m("3.0", "U2", "elsewhere", 3.0, channel="C2")])
+    store.set_watermark("slack", "C1", "2.0")
+    assert store.delete_channel("slack", "C1") == 2
+    assert store.message_count() == 1 and store.get_watermark("slack", "C1") is None
+    assert store.channel("slack", "C1") is None and store.delete_channel("slack", "C1") == 0
