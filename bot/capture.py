@@ -179,6 +179,10 @@ class Capture:
         store = self.stores.store()
         return "deleted" if store.delete_message(DISCORD, channel_id, message_id) else "not stored"
 
+    def slack_channel_deleted(self, channel_id: str) -> int:
+        """A Slack channel deleted: its messages leave the store, as deleted messages do."""
+        return self.stores.store().delete_channel(SLACK, channel_id)
+
     def discord_channel_deleted(self, channel_id: str) -> int:
         """A channel or thread deleted on Discord: its messages leave the store too, as deleted messages do."""
         return self.stores.store().delete_channel(DISCORD, channel_id)

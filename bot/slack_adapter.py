@@ -191,6 +191,12 @@ def register(app: App, settings: Settings, commands: Commands, channels: Channel
         inv = replace(inv, notify=direct_message(client, event["user"]))
         deliver(commands.handle(inv), client, channel_id, event["user"], thread_ts=event.get("thread_ts"))
 
+    @app.event("channel_deleted")
+    def on_channel_deleted(event: dict[str, Any]) -> None:
+        if capture is not None and isinstance(event.get("channel"), str):
+            log.info("slack channel %s deleted: %d stored messages removed", event["channel"],
+                     capture.slack_channel_deleted(event["channel"]))
+
     @app.event("message")
     def on_message(event: dict[str, Any], body: dict[str, Any], client: WebClient) -> None:
         if capture is None or not isinstance(event.get("channel"), str):

@@ -241,6 +241,24 @@ def test_rate_limited_web_api_calls_are_retried(parts, slack_api: FakeSlackApi) 
     assert len(slack_api.calls("chat.postMessage")) == 2
 
 
+def test_a_deleted_channel_leaves_the_store(served: Served, slack_api: FakeSlackApi, db: Path) -> None:
+    store = StoreAccess(db)
+    message = {"type": "message", "user": ADA, "text": "soon gone", "ts": "1800000001.000100",
+               "channel": GENERAL, "channel_type": "channel", "event_ts": "1800000001.000100"}
+    before = store.store().message_count()
+    assert served.post(event_body(message), content_type="application/json")[0] == 200
+    deadline = time.monotonic() + 10
+    while store.store().message_count() == before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert store.store().message_count() > before
+    deleted = {"type": "channel_deleted", "channel": GENERAL, "event_ts": "1800000002.000100"}
+    assert served.post(event_body(deleted), content_type="application/json")[0] == 200
+    while store.store().channel("slack", GENERAL) is not None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert store.store().channel("slack", GENERAL) is None
+    assert not any(m.channel == "general" for m in store.store().iter_corpus())
+
+
 def test_channel_directory(parts, slack_api: FakeSlackApi) -> None:
     channels = ChannelDirectory(make_client(parts[0]))
     assert channels.lookup(GENERAL) == ("general", "public")
