@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -38,13 +39,18 @@ DISCORD_MAX_CHARS = 2000
 
 
 class WebhookCache:
-    """One webhook per channel, found or created once, then reused; None where Manage Webhooks is missing."""
+    """One webhook per channel, found or created once, then reused; None where Manage Webhooks is missing or
+    Discord refuses one (15 per channel): that answer is kept for `retry_seconds`, so each impersonation there
+    does not ask again."""
 
-    def __init__(self, bot: discord.Client, session: aiohttp.ClientSession, name: str):
+    def __init__(self, bot: discord.Client, session: aiohttp.ClientSession, name: str,
+                 retry_seconds: float = 600.0, clock: Callable[[], float] = time.monotonic):
         self.bot = bot
         self.session = session
         self.name = name
+        self.retry_seconds, self.clock = retry_seconds, clock
         self._hooks: dict[int, discord.Webhook] = {}
+        self._refused: dict[int, float] = {}  # channel id -> when to ask again
         self._lock = asyncio.Lock()  # two first requests in one channel must not create two webhooks
 
     @staticmethod
@@ -58,6 +64,8 @@ class WebhookCache:
         async with self._lock:
             if target.id in self._hooks:
                 return self._hooks[target.id]
+            if self.clock() < self._refused.get(target.id, 0.0):
+                return None
             me = self.bot.user
             try:
                 hook = next((h for h in await target.webhooks() if h.token and h.name == self.name
@@ -66,10 +74,12 @@ class WebhookCache:
                     hook = await target.create_webhook(name=self.name, reason="Mimic posts impersonations here")
             except discord.Forbidden:
                 log.info("no Manage Webhooks in channel %s; posting impersonations as plain bot messages", target.id)
+                self._refused[target.id] = self.clock() + self.retry_seconds
                 return None
             except discord.HTTPException as exc:  # e.g. 400/30007: the channel already holds 15 webhooks
                 log.warning("no webhook in channel %s (HTTP %s, code %s: %s); posting as a plain bot message",
                             target.id, exc.status, exc.code, exc.text)
+                self._refused[target.id] = self.clock() + self.retry_seconds
                 return None
             # Sent through the bot's own session, which the bot closes (a library never closes one it is given).
             self._hooks[target.id] = discord.Webhook.partial(hook.id, hook.token, session=self.session)

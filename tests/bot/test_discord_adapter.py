@@ -265,11 +265,12 @@ def test_a_channel_with_15_webhooks_falls_back_to_a_plain_bot_message(discord_pa
 
     async def scenario(bot: MimicDiscordBot, errors: list[BaseException]) -> None:
         await call(bot, impersonate_payload(ADA_ID, "ada", "Ada (work)"))
+        await call(bot, impersonate_payload(ADA_ID, "ada", "Ada (work)"))  # the refusal is remembered
 
     run_bot(settings, commands, fake, scenario)  # no CommandInvokeError: run_bot asserts none
     assert len(fake.calls("POST", f"/channels/{CHANNEL}/webhooks")) == 1
     assert not fake.calls("POST", f"/webhooks/{HOOK_ID}/{HOOK_TOKEN}")
-    (message,) = fake.calls("POST", f"/channels/{CHANNEL}/messages")
+    message, _ = fake.calls("POST", f"/channels/{CHANNEL}/messages")
     assert message["content"].startswith("Mimic, writing as **Ada (work)**:\n")
     assert "plain bot message" in fake.calls("PATCH", rf"/webhooks/{APP_ID}/[^/]+/messages/@original")[0]["content"]
     assert not [f for f in fake.calls("POST", rf"/webhooks/{APP_ID}/[^/]+") if "went wrong" in f["content"]]
