@@ -40,4 +40,6 @@ class UnknownUserError(TrainingError):
 
 
 class ApiError(TrainingError):
-    pass
+    def __init__(self, message: str, code: str | None = None):
+        super().__init__(message)
+        self.code = code  # the platform's own error code ("channel_not_found", "missing_scope", ...), if any

@@ -44,6 +44,13 @@ DEFAULT_API_URL = "https://slack.com/api/"
 PAGE_SIZE = 200  # Slack recommends no more than 200 per page (chat-formats.md §3)
 _CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{2,}$")
 _LIST_FILES = {"public": "channels.json", "private": "groups.json", "mpim": "mpims.json", "dm": "dms.json"}
+# conversations.list for named channels: every kind when the token may list them, else fewer. Slack refuses
+# the whole call (missing_scope) when one type's scope (im:read, mpim:read, groups:read) is missing.
+_NAMED_TYPES = ("public_channel,private_channel,mpim,im", "public_channel,private_channel", "public_channel")
+# Errors that concern one channel or thread (gone, the bot removed, a private one it may not read): that one is
+# skipped with a warning, the others are fetched.
+_SKIPPABLE = frozenset({"channel_not_found", "not_in_channel", "missing_scope", "thread_not_found", "is_archived",
+                        "access_denied"})
 
 
 def slack_client(token: str, base_url: str = DEFAULT_API_URL, *, max_rate_limit_retries: int = 10) -> WebClient:
@@ -60,7 +67,9 @@ def _call(client: WebClient, method: str, **params: Any) -> dict[str, Any]:
     except SlackClientError as exc:
         response = getattr(exc, "response", None)
         error = response.get("error") if response is not None else None
-        raise ApiError(f"Slack API {method} failed: {error or exc}") from exc
+        needed = response.get("needed") if response is not None else None
+        extra = f" (the token needs {needed})" if needed else ""
+        raise ApiError(f"Slack API {method} failed: {error or exc}{extra}", error) from exc
     except OSError as exc:
         raise ApiError(f"Slack API {method}: cannot connect ({exc})") from exc
     return response.data if isinstance(response.data, dict) else {}
@@ -91,10 +100,7 @@ def _select_channels(
     client: WebClient, wanted: list[str] | None, report: IngestReport
 ) -> list[tuple[dict[str, Any], str]]:
     """(conversation info, kind) to fetch: the public channels the bot is in, or exactly `wanted`."""
-    types = "public_channel" if wanted is None else "public_channel,private_channel,mpim,im"
-    found: list[dict[str, Any]] = []
-    for page in _pages(client, "conversations.list", "channels", types=types, exclude_archived="false"):
-        found += [c for c in page if isinstance(c, dict) and isinstance(c.get("id"), str)]
+    found = _conversations(client, ("public_channel",) if wanted is None else _NAMED_TYPES, report)
     if wanted is None:
         return [(c, "public") for c in found if c.get("is_member") and _kind(c) == "public"]
     chosen: list[tuple[dict[str, Any], str]] = []
@@ -107,6 +113,21 @@ def _select_channels(
             continue
         chosen.append((match, _kind(match)))
     return chosen
+
+
+def _conversations(client: WebClient, kinds: tuple[str, ...], report: IngestReport) -> list[dict[str, Any]]:
+    """conversations.list with the first `types` the token's scopes allow."""
+    for i, types in enumerate(kinds):
+        try:
+            found: list[dict[str, Any]] = []
+            for page in _pages(client, "conversations.list", "channels", types=types, exclude_archived="false"):
+                found += [c for c in page if isinstance(c, dict) and isinstance(c.get("id"), str)]
+            return found
+        except ApiError as exc:
+            if exc.code != "missing_scope" or i == len(kinds) - 1:
+                raise
+            report.warn(f"cannot list {types} ({exc}); listing {kinds[i + 1]} only")
+    return []
 
 
 def _ts_key(ts: str) -> tuple[int, int]:
@@ -202,19 +223,26 @@ def fetch_slack_history(
             name = str(info.get("name") or info["id"])
             store.upsert_channel(ChannelRecord(PLATFORM, info["id"], name, workspace_id, kind))
             folder = export.add_channel(info, kind) if export is not None else ""
-            for message in _channel_messages(client, store, info["id"], writer):
-                fetched += 1
-                deleted = converter.deleted_ts(message)
-                if deleted is not None:
-                    writer.delete(PLATFORM, info["id"], deleted)
-                else:
-                    record = converter.record(message, info["id"], f"#{name}")
-                    if record is not None:
-                        writer.add([record])
-                if export is not None:
-                    export.add_message(folder, message)
-                if progress is not None and fetched % PAGE_SIZE == 0:
-                    progress(IngestProgress(f"#{name}", done - 1, len(selected), fetched))
+            try:
+                for message in _channel_messages(client, store, info["id"], writer, report):
+                    fetched += 1
+                    deleted = converter.deleted_ts(message)
+                    if deleted is not None:
+                        writer.delete(PLATFORM, info["id"], deleted)
+                    else:
+                        record = converter.record(message, info["id"], f"#{name}")
+                        if record is not None:
+                            writer.add([record])
+                    if export is not None:
+                        export.add_message(folder, message)
+                    if progress is not None and fetched % PAGE_SIZE == 0:
+                        progress(IngestProgress(f"#{name}", done - 1, len(selected), fetched))
+            except ApiError as exc:
+                if exc.code not in _SKIPPABLE:
+                    raise
+                writer.flush()  # what was fetched is kept; the watermark stays, so the next run asks again
+                report.warn(f"Slack channel #{name} ({info['id']}) skipped: {exc}")
+                continue
             report.files += 1
             if progress is not None:
                 progress(IngestProgress(f"#{name}", done, len(selected), fetched))
@@ -227,7 +255,8 @@ def fetch_slack_history(
     return report
 
 
-def _channel_messages(client: WebClient, store: Store, channel_id: str, writer: BatchWriter) -> Iterator[Any]:
+def _channel_messages(client: WebClient, store: Store, channel_id: str, writer: BatchWriter,
+                      report: IngestReport) -> Iterator[Any]:
     """Every message newer than the channel's watermark, each thread's replies after the pages that
     named it; moves the watermark once all of them are stored."""
     oldest = store.get_watermark(PLATFORM, channel_id)
@@ -244,8 +273,13 @@ def _channel_messages(client: WebClient, store: Store, channel_id: str, writer: 
                 threads.append(message["ts"])
             yield message
     for parent in threads:
-        for page in _pages(client, "conversations.replies", "messages", channel=channel_id, ts=parent):
-            yield from (m for m in page if not (isinstance(m, dict) and m.get("ts") == parent))
+        try:
+            for page in _pages(client, "conversations.replies", "messages", channel=channel_id, ts=parent):
+                yield from (m for m in page if not (isinstance(m, dict) and m.get("ts") == parent))
+        except ApiError as exc:
+            if exc.code != "thread_not_found":  # deleted since the history page named it: nothing to fetch
+                raise
+            report.warn(f"Slack thread {parent} in {channel_id} is gone; skipped")
     writer.flush()
     if newest is not None and newest != oldest:
         store.set_watermark(PLATFORM, channel_id, newest)

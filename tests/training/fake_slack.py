@@ -34,6 +34,8 @@ class FakeSlack:
     messages: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # channel id -> every message
     page_size: int = 2
     rate_limit_once: set[str] = field(default_factory=set)
+    listable: set[str] | None = None  # conversation types the token's scopes may list (None: all)
+    gone_threads: set[str] = field(default_factory=set)  # deleted after history named them: thread_not_found
     requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
     base_url: str = ""
 
@@ -61,6 +63,10 @@ class FakeSlack:
             return 200, self._page(self.users, params, "members")
         if method == "conversations.list":
             wanted = set(params.get("types", "public_channel").split(","))
+            if self.listable is not None and wanted - self.listable:  # Slack refuses the whole call
+                needed = {"im": "im:read", "mpim": "mpim:read", "private_channel": "groups:read"}
+                return 200, {"ok": False, "error": "missing_scope",
+                             "needed": ",".join(sorted(needed.get(t, t) for t in wanted - self.listable))}
             listed = [c for c in self.channels if self._type(c) in wanted]
             return 200, self._page(listed, params, "channels")
         channel = self.messages.get(params.get("channel", ""))
@@ -73,7 +79,7 @@ class FakeSlack:
             return 200, self._page(sorted(top, key=lambda m: _ts(m["ts"]), reverse=True), params, "messages")
         if method == "conversations.replies":
             thread = [m for m in channel if m.get("thread_ts") == params["ts"] and m.get("subtype") != "thread_broadcast"]
-            if not thread:
+            if not thread or params["ts"] in self.gone_threads:
                 return 200, {"ok": False, "error": "thread_not_found"}
             thread.sort(key=lambda m: (m["ts"] != params["ts"], _ts(m["ts"])))  # the parent first
             return 200, self._page(thread, params, "messages")

@@ -85,9 +85,26 @@ def test_named_channels_include_private_ones_and_unknown_names_warn(fake, store)
     assert kinds == {"G01SEC": "private", "D01AB": "dm", "C02RAND": "public"}
 
 
-def test_a_channel_the_api_refuses_is_an_error(fake, store):
-    with pytest.raises(ApiError, match="conversations.history failed: channel_not_found"):
-        _fetch(fake, store, channels=["C09GONE"])
+def test_a_channel_the_api_refuses_is_skipped_and_the_others_fetched(fake, store):
+    report = _fetch(fake, store, channels=["C09GONE", "C02RAND"])
+    assert {r[0] for r in _rows(store)} == {"C02RAND"}
+    assert any("C09GONE" in w and "channel_not_found" in w for w in report.warnings)
+
+
+def test_named_channels_without_im_and_mpim_scopes(fake, store):
+    """Slack refuses conversations.list outright when one requested type's scope is missing."""
+    fake.listable = {"public_channel", "private_channel"}
+    report = _fetch(fake, store, channels=["#secret", "C02RAND"])
+    assert {r[0] for r in _rows(store)} == {"G01SEC", "C02RAND"}
+    assert any("the token needs im:read,mpim:read" in w for w in report.warnings)
+    fake.listable = {"public_channel"}
+    store2_report = _fetch(fake, store, channels=["C01GEN"])
+    assert "C01GEN" in {r[0] for r in _rows(store)} and store2_report.warnings
+
+
+def test_a_bad_token_is_still_an_error(fake, store):
+    with pytest.raises(ApiError, match="invalid_auth"):
+        fetch_slack_history(slack_client("xoxb-wrong", fake.base_url), store, channels=["C02RAND"])
 
 
 def test_a_bad_token(fake, store):
@@ -112,3 +129,13 @@ def test_out_zip_is_an_official_export_holding_what_was_fetched(fake, store, tmp
     with Store.open(tmp_path / "from-zip.db") as again:
         ingest_slack_export(out, again, include_private=True)
         assert _rows(again) == _rows(store)
+
+
+def test_a_thread_deleted_since_its_parent_was_listed_is_skipped(fake, store):
+    parent = {"type": "message", "user": "U01ALICE", "text": "a thread soon gone", "ts": "1704400000.000100",
+              "thread_ts": "1704400000.000100", "reply_count": 2}
+    fake.messages["C02RAND"].append(parent)
+    fake.gone_threads.add(parent["ts"])  # deleted since: conversations.replies says thread_not_found
+    report = _fetch(fake, store)
+    assert ("C02RAND", "1704400000.000100") in {r[:2] for r in _rows(store)}
+    assert any("1704400000.000100" in w and "gone" in w for w in report.warnings)
