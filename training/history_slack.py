@@ -130,6 +130,16 @@ def _conversations(client: WebClient, kinds: tuple[str, ...], report: IngestRepo
     return []
 
 
+def _user_info(client: WebClient, user_id: str, report: IngestReport) -> dict[str, Any] | None:
+    """users.info for an author users.list left out (a Slack Connect user); None when Slack will not say."""
+    try:
+        user = _call(client, "users.info", user=user_id).get("user")
+    except ApiError as exc:
+        report.warn(f"Slack user {user_id} is not in users.list and users.info failed ({exc}); stored by id")
+        return None
+    return user if isinstance(user, dict) else None
+
+
 def _ts_key(ts: str) -> tuple[int, int]:
     seconds, _, micros = ts.partition(".")
     return int(seconds or 0), int((micros + "000000")[:6])
@@ -208,7 +218,8 @@ def fetch_slack_history(
     auth = _call(client, "auth.test")
     workspace_id = str(auth.get("team_id") or "slack-api")
     store.upsert_workspace(PLATFORM, workspace_id, auth.get("team") if isinstance(auth.get("team"), str) else None)
-    converter = SlackConverter(store, report, workspace_id=workspace_id, include_bots=include_bots)
+    converter = SlackConverter(store, report, workspace_id=workspace_id, include_bots=include_bots,
+                               lookup_user=lambda user_id: _user_info(client, user_id, report))
     export = _ExportWriter(Path(out_zip)) if out_zip is not None else None
     try:
         for members in _pages(client, "users.list", "members"):

@@ -16,7 +16,7 @@ import json
 import re
 import zipfile
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -76,9 +76,13 @@ class SlackConverter:
     """Slack users and messages -> store records, creating users the export forgot (§1.2)."""
 
     def __init__(
-        self, store: Store, report: IngestReport, *, workspace_id: str, include_bots: bool = False
+        self, store: Store, report: IngestReport, *, workspace_id: str, include_bots: bool = False,
+        lookup_user: Callable[[str], dict[str, Any] | None] | None = None,
     ) -> None:
         self.store = store
+        # users.info, where there is an API: authors users.list leaves out (Slack Connect) get their names
+        self.lookup_user = lookup_user
+        self._looked_up: set[str] = set()
         self.report = report
         self.workspace_id = workspace_id
         self.include_bots = include_bots
@@ -111,6 +115,12 @@ class SlackConverter:
         profile refreshes their names; the speaker name stays), else from the bare id."""
         if user_id in self._listed:
             return
+        if (self.lookup_user is not None and user_id not in self._looked_up
+                and not isinstance(message.get("user_profile"), dict)):
+            self._looked_up.add(user_id)
+            member = self.lookup_user(user_id)
+            if member is not None and self.add_users([member]):
+                return
         profile = message.get("user_profile") if isinstance(message.get("user_profile"), dict) else {}
         bot_profile = message.get("bot_profile") if isinstance(message.get("bot_profile"), dict) else {}
         record = UserRecord(

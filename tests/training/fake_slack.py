@@ -36,6 +36,7 @@ class FakeSlack:
     rate_limit_once: set[str] = field(default_factory=set)
     listable: set[str] | None = None  # conversation types the token's scopes may list (None: all)
     gone_threads: set[str] = field(default_factory=set)  # deleted after history named them: thread_not_found
+    connect_users: list[dict[str, Any]] = field(default_factory=list)  # only users.info knows them
     requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
     base_url: str = ""
 
@@ -61,6 +62,9 @@ class FakeSlack:
             return 200, {"ok": True, "team_id": "T0FIXTURE", "team": "Fixture Team", "user_id": "UBOT"}
         if method == "users.list":
             return 200, self._page(self.users, params, "members")
+        if method == "users.info":
+            user = next((u for u in self.users + self.connect_users if u.get("id") == params.get("user")), None)
+            return 200, {"ok": True, "user": user} if user else {"ok": False, "error": "user_not_found"}
         if method == "conversations.list":
             wanted = set(params.get("types", "public_channel").split(","))
             if self.listable is not None and wanted - self.listable:  # Slack refuses the whole call

@@ -3,7 +3,7 @@ import zipfile
 import pytest
 
 from tests.training.fake_slack import TOKEN, serve, workspace
-from tests.training.fixtures import msg
+from tests.training.fixtures import _user, msg
 from training.errors import ApiError
 from training.history_slack import fetch_slack_history, slack_client
 from training.ingest_slack import ingest_slack_export
@@ -139,3 +139,15 @@ def test_a_thread_deleted_since_its_parent_was_listed_is_skipped(fake, store):
     report = _fetch(fake, store)
     assert ("C02RAND", "1704400000.000100") in {r[:2] for r in _rows(store)}
     assert any("1704400000.000100" in w and "gone" in w for w in report.warnings)
+
+
+def test_an_author_users_list_leaves_out_is_looked_up(fake, store):
+    """Slack Connect users are not in users.list; users.info names them (else they are stored by id)."""
+    fake.connect_users.append(_user("U09ZOE", "zoe", display_name="Zoe Z", real_name="Zoe Zed"))
+    fake.messages["C02RAND"].append(msg("1704500000.000100", "U09ZOE", "hello from another org"))
+    fake.messages["C02RAND"].append(msg("1704500001.000100", "U09GHOST", "nobody knows me"))
+    report = _fetch(fake, store)
+    rows = {r[1]: r[2] for r in _rows(store)}
+    assert rows["1704500000.000100"] == "zoe" and rows["1704500001.000100"] == "U09GHOST"
+    assert sorted(c["user"] for c in fake.calls("users.info")) == ["U09GHOST", "U09ZOE"]  # once each
+    assert any("U09GHOST" in w and "users.info failed" in w for w in report.warnings)
