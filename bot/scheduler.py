@@ -33,7 +33,7 @@ APScheduler 3 details that matter:
   warning every 5 s; the training steps touch the heartbeat instead), and its "Running job" / "executed
   successfully" INFO lines are filtered out (35,000 a day on an idle worker); its warnings and errors stay.
 
-Stopping: Ctrl-C (SIGINT) or SIGTERM (Procfile, systemd, docker) sets the worker's stop event and shuts the
+Stopping: Ctrl-C (SIGINT) or SIGTERM (Procfile, systemd, docker; bot/cli.py makes it a KeyboardInterrupt) sets the worker's stop event and shuts the
 scheduler down, waiting for a running retraining. That run stops the way Ctrl-C stops `mimic retrain`: the
 training-step hook raises `WorkerStopped` (a KeyboardInterrupt), which the trainer catches after the current
 step, saving the checkpoint that the next run resumes from; before or after training, the next stage
@@ -45,11 +45,9 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -332,26 +330,6 @@ def configure(scheduler: Any, trigger: Any, nightly: Callable[[], None], request
     return job
 
 
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (Procfile, systemd, docker stop) raises KeyboardInterrupt in the main thread, like Ctrl-C,
-    unless a handler is already there (`mimic` installs one raising its own KeyboardInterrupt, for exit 143)
-    or it is ignored."""
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
-        yield
-        return
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def stop_worker(scheduler: Any, stop: threading.Event) -> None:
     """Stop a running retraining at its next training step (checkpoint kept) and shut the scheduler down,
     waiting for the run to record itself."""
@@ -384,12 +362,11 @@ def start_worker(opts: RetrainOptions, schedule: str, timezone: str, scheduler: 
     log.info("retraining on schedule %r (%s), next at %s; admin requests polled every %.0f s; registry %s",
              schedule, timezone, missed or trigger.get_next_fire_time(None, now), REQUEST_POLL_SECONDS,
              opts.registry)
-    with _sigterm_as_interrupt():
-        try:
-            scheduler.start()
-        except KeyboardInterrupt:
-            stop_worker(scheduler, stop)
-            raise
+    try:
+        scheduler.start()
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM, which `mimic` (bot/cli.py) turns into one
+        stop_worker(scheduler, stop)
+        raise
     return scheduler
 
 

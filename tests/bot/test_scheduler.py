@@ -333,27 +333,6 @@ def test_ctrl_c_or_sigterm_stops_the_running_retraining_and_exits(tmp_path: Path
     assert 'Running job "retrain requests' not in err and "executed successfully" not in err
 
 
-def test_start_worker_outside_the_cli_turns_sigterm_into_an_interrupt() -> None:
-    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-        pytest.skip("something else handles SIGTERM in this process")
-    with worker._sigterm_as_interrupt():
-        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL  # never send it unhandled to pytest
-        with pytest.raises(KeyboardInterrupt):
-            os.kill(os.getpid(), signal.SIGTERM)
-            threading.Event().wait(10)  # the handler raises here, at once
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
-
-    def mimics(signum: int, frame: Any) -> None:  # `mimic`'s own handler is left in place
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, mimics)
-    try:
-        with worker._sigterm_as_interrupt():
-            assert signal.getsignal(signal.SIGTERM) is mimics
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 # ---- log noise --------------------------------------------------------------------------------------
 
 
