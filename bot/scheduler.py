@@ -33,8 +33,8 @@ APScheduler 3 details that matter:
   warning every 5 s; the training steps touch the heartbeat instead), and its "Running job" / "executed
   successfully" INFO lines are filtered out (35,000 a day on an idle worker); its warnings and errors stay.
 
-Stopping: Ctrl-C (SIGINT) or SIGTERM (Procfile, systemd, docker; bot/cli.py makes it a KeyboardInterrupt) sets the worker's stop event and shuts the
-scheduler down, waiting for a running retraining. That run stops the way Ctrl-C stops `mimic retrain`: the
+Stopping: Ctrl-C (SIGINT) or SIGTERM (Procfile, systemd, docker; bot/cli.py makes it a KeyboardInterrupt)
+sets the worker's stop event and shuts the scheduler down, waiting for a running retraining. That run stops the way Ctrl-C stops `mimic retrain`: the
 training-step hook raises `WorkerStopped` (a KeyboardInterrupt), which the trainer catches after the current
 step, saving the checkpoint that the next run resumes from; before or after training, the next stage
 announcement raises it instead. Nothing is promoted, the run log records the run as failed (interrupted), an
