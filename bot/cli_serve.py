@@ -128,12 +128,10 @@ def run_serve(args: argparse.Namespace) -> int:
 
             slack_adapter.run(slack_adapter.build_app(settings, commands, capture=capture), settings)
             return 0
-        from bot.config import require
         from bot.discord_adapter import MimicDiscordBot
 
-        token = require(settings.discord.token, "DISCORD_TOKEN", "the Discord bot logs in with it")
         bot = MimicDiscordBot(settings=settings, commands=commands, capture=capture, sync_global=args.sync_global)
-        bot.run(token, log_handler=None)  # logging is configured by bot/cli.py
+        bot.run(settings.discord.token, log_handler=None)  # the token was checked first (_check_secrets)
         return 0
     finally:
         gate.close()
