@@ -12,7 +12,9 @@ balanced class weights, trained on the speakers' REAL training messages only. It
 
 A long message gives the classifier more to go on (real held-out messages of 280+ characters are recognised
 about twice as often as short ones), so a generator that writes longer messages scores higher without
-sounding more like anyone. Fidelity by length (LENGTHS, all speakers pooled) compares like with like.
+sounding more like anyone. Fidelity by length (LENGTHS, all speakers pooled) compares like with like, and
+`at_lengths` weighs a generator's bands as the real held-out messages fall into them: its fidelity had it
+written as long as the people do.
 """
 
 from __future__ import annotations
@@ -82,3 +84,20 @@ class Attributor:
                 hits[band] += predicted == speaker
         return [{"min": edges[i], "max": edges[i + 1], "fidelity": hits[i] / total[i] if total[i] else None,
                  "messages": total[i]} for i in range(len(total))]
+
+
+def at_lengths(bands: Sequence[Mapping[str, float | int | None]],
+               reference: Sequence[Mapping[str, float | int | None]]) -> float | None:
+    """Fidelity per band (`by_length`) weighed by the share of `reference`'s messages in each band: what the
+    generator would score writing messages as long as the reference's. None when it wrote nothing in a band
+    the reference uses, or the reference is empty."""
+    total = sum(int(r["messages"] or 0) for r in reference)
+    if not total:
+        return None
+    out = 0.0
+    for band, ref in zip(bands, reference, strict=True):
+        if ref["messages"]:
+            if band["fidelity"] is None:
+                return None
+            out += float(band["fidelity"]) * int(ref["messages"]) / total
+    return out

@@ -50,6 +50,8 @@ def _voice_line(v: dict[str, Any]) -> str:
 def _served_line(s: dict[str, Any] | None) -> str:
     if not s or not s["voice_memory"]:
         return ", model alone"
+    if s["drafts"] == 1:
+        return ", voice memory, 1 draft"
     keep = "the style ranker's choice" if s["style_ranker"] else "the one the memory explains best"
     return f", voice memory, {s['drafts']} drafts: {keep}"
 
@@ -82,8 +84,8 @@ def format_chat_report(r: dict[str, Any]) -> str:
            f"{', context ' + str(cfg['context']) + ' lines' if cfg['context'] else ''}"
            f"{_served_line(r.get('served_with'))}); classifier: {cls['kind']}",
            ""]
-    head = (f"{'':28}{'fidelity':>9}{'on new (n)':>14}{'copies>=40':>11}{'longest span':>13}{'whole copies':>13}"
-            "  messages")
+    head = (f"{'':28}{'fidelity':>9}{'on new (n)':>14}{'at real lengths':>16}{'median chars':>13}{'copies>=40':>11}"
+            f"{'longest span':>13}{'whole copies':>13}  messages")
     out.append(head)
     for name in ("mimic", "mimic_guarded", "mimic_alone", "markov", "markov_tested", "real"):
         if name not in systems:
@@ -95,6 +97,7 @@ def format_chat_report(r: dict[str, Any]) -> str:
         made = f"{s['messages']:,}" if name == "real" else f"{s['messages']}/{s['asked']}"
         on_new = f"{_num(s['fidelity_novel'])} ({s['new_messages']})"
         out.append(f"{LABELS[name]:28}{_num(s['fidelity']):>9}{on_new:>14}"
+                   f"{_num(s.get('fidelity_at_real_lengths')):>16}{_num(s.get('median_chars'), '{:.0f}'):>13}"
                    f"{_pct(s['copy_rate']):>11}{_num(s['mean_longest_span'], '{:.1f}'):>13}"
                    f"{_pct(s['exact_copy_rate']):>13}  {made}{extra}")
     out.append(f"{'chance':28}{_num(cls['chance']):>9}")

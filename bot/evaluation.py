@@ -25,6 +25,7 @@ import dataclasses
 import importlib.util
 import logging
 import math
+import statistics
 import tempfile
 import time
 from collections import Counter, defaultdict
@@ -146,10 +147,12 @@ def _system(attributor: Any, index: Any, samples: dict[str, list[str]], asked: i
     novel = {s: [t for t in texts if index.longest_span(t) < COPY_SPAN and not index.is_exact_copy(t)]
              for s, texts in samples.items()}
     fid_novel = attributor.score(novel)
-    nov = measure(index, [t for texts in samples.values() for t in texts])
+    every = [t for texts in samples.values() for t in texts]
+    nov = measure(index, every)
     return {"fidelity": fid.mean, "fidelity_micro": fid.micro, "fidelity_novel": fid_novel.mean,
             "new_messages": sum(len(texts) for texts in novel.values()),
             "per_speaker": fid.per_speaker, "fidelity_by_length": attributor.by_length(samples),
+            "median_chars": statistics.median(len(t) for t in every) if every else None,
             "asked": asked * len(samples), **nov.as_dict()}
 
 
@@ -218,7 +221,7 @@ def evaluate_chat(model_path: str | Path, db_path: str | Path, cfg: EvalConfig =
     """The whole report for a chat model against the message store it was trained on."""
     require("sklearn", "markovify")
     from bot.eval_bpc import speaker_gain
-    from bot.eval_fidelity import Attributor
+    from bot.eval_fidelity import Attributor, at_lengths
     from bot.eval_markov import markov_samples
     from bot.eval_novelty import SpanIndex
     from engine.model_source import load_model
@@ -280,6 +283,9 @@ def evaluate_chat(model_path: str | Path, db_path: str | Path, cfg: EvalConfig =
     systems = {name: _system(attributor, index, texts, cfg.samples) for name, texts in generated.items()}
     systems["real"] = _system(attributor, index, {s: valid_by[s] for s in speakers}, 0)
     systems["real"]["asked"] = systems["real"]["messages"]
+    for name in generated:  # the real messages are the reference: they are at real lengths
+        systems[name]["fidelity_at_real_lengths"] = at_lengths(systems[name]["fidelity_by_length"],
+                                                               systems["real"]["fidelity_by_length"])
     systems["mimic_guarded"]["refused"] = sum(x is None for s in speakers for x in ours[s].guarded)
     systems["mimic_guarded"]["mean_attempts"] = (sum(sum(ours[s].attempts) for s in speakers)
                                                  / (len(speakers) * cfg.samples))

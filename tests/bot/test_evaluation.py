@@ -49,6 +49,9 @@ def test_report_has_every_figure(report: dict) -> None:
                     "asked"):
             assert key in s, (name, key)
         assert 0 <= s["copy_rate"] <= 1 and s["mean_longest_span"] >= 0
+        assert s["median_chars"] > 0
+        if name != "real":  # the reference of "at real lengths"
+            assert s["fidelity_at_real_lengths"] is None or 0 <= s["fidelity_at_real_lengths"] <= 1
     assert report["systems"]["mimic"]["messages"] == report["systems"]["markov"]["messages"] == SAMPLES * 4
     assert report["systems"]["mimic"]["asked"] == SAMPLES * 4
     assert report["systems"]["markov_tested"]["messages"] <= SAMPLES * 4  # markovify may give up
