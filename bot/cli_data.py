@@ -199,9 +199,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", metavar="FILE.zip", help="also write what was fetched as a Slack export zip")
     p.set_defaults(run=run_history_slack)
     p = platforms.add_parser("discord", help="fetch Discord history with DISCORD_TOKEN (incremental)",
-                             description="Fetch the public text channels the bot can read in its guilds (or "
-                                         "--channels) through Discord's REST API, with the bot token in "
-                                         "DISCORD_TOKEN; each run fetches only what is newer than the last.")
+                             description="Fetch the public channels the bot can read in its guilds (text, "
+                                         "announcement, voice and stage chat, with their public threads and "
+                                         "forum posts; or --channels) through Discord's REST API, with the bot "
+                                         "token in DISCORD_TOKEN; each run fetches only what is newer than the "
+                                         "last. The bot needs the Message Content Intent.")
     _db_arg(p)
     p.add_argument("--channels", metavar="ID,ID", help="exactly these channels: ids or #names (private ones and "
                                                        "threads too), and \"public\" for every public one")

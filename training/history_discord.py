@@ -7,40 +7,59 @@ request, the API's maximum). Each message goes through the conversion live captu
 (training/discord_objects.py `dce_message`, then training/ingest_discord.py `DiscordConverter`), so a
 message fetched here, captured live, or imported from a DiscordChatExporter file is stored as the same row.
 
-Channels: by default every public text, announcement or forum (and media) channel the bot can read (View
-Channel and Read Message History) in every guild it is in, or in `guilds`, each followed by its public
-threads: the guild's active ones (`Guild.active_threads()`) and the channel's archived ones
-(`archived_threads(limit=None)`), oldest first. A forum has no messages of its own: its posts are public
-threads whose parent it is, so only they are fetched. `channels` lists what to fetch instead, as `[discord]
-learn_channels` does: "public" for that default, channel or thread ids, "#names" (a channel's, or an active
-or archived public thread's of a channel the bot can read); a forum listed by id or name stands for all its
-public posts. Private channels, private threads and DMs are fetched only when listed, private threads by id.
-A thread is a channel of its own here, as in a DiscordChatExporter export of it: stored under its own id
-and name, kind "thread", with its own watermark. A 403 or 404 on listing threads is a warning.
+Message content: Discord sends other people's messages with empty text unless the application has the
+Message Content Intent (developer portal, Bot page). Login reads the application's flags
+(`/oauth2/applications/@me`); with neither GATEWAY_MESSAGE_CONTENT nor GATEWAY_MESSAGE_CONTENT_LIMITED the
+fetch refuses before fetching anything (ApiError), because the watermarks would move past messages that came
+without their text and no later run would fetch them again. A client whose flags are unknown is not refused.
 
-Watermarks: the newest message id seen in a channel, stored or skipped. Messages are stored in batches of
-`batch_size` fetched messages, each batch and the watermark it reaches in one transaction (when the API
-fails midway, what was fetched before the failure is stored the same way), so the next run resumes there.
-The store is written from the event loop: SQLite is synchronous and a Store stays on its own thread.
+Channels: by default every public text, announcement, voice or stage (their text chat) and forum (and
+media) channel the bot can read (View Channel and Read Message History, and Connect for voice and stage) in
+every guild it is in, or in `guilds`; each text, announcement or forum channel is followed by its public
+threads: the guild's active ones (`Guild.active_threads()`) and the channel's archived ones, oldest first.
+Archived threads are listed 100 a page, each page starting 1 ms after the last thread's archive time, repeats
+dropped, until a page brings nothing new: discord.py's own paging (an exclusive `before` at that time) loses
+the threads archived at the same moment across a page boundary (only more than 100 archived in one
+millisecond still lose some). A forum has no messages of its own: its posts are public threads whose parent
+it is, so only they are fetched. `channels` lists what to fetch instead, as `[discord] learn_channels` does:
+"public" for that default, channel or thread ids, "#names" (a channel's, or an active or archived public
+thread's of a channel the bot can read); a channel listed by id or name is fetched without its threads, and a
+forum listed stands for all its public posts. Private channels, private threads and DMs are fetched only when
+listed, private threads by id. A thread is a channel of its own here, as in a DiscordChatExporter export of
+it: stored under its own id and name, kind "thread", with its own watermark. A 403 or 404 on listing threads
+is a warning.
 
-Errors: a refused token (401) and an unreachable or failing API raise ApiError (one line); a channel that is
-unknown (404) or that the bot may not read (403 Missing Access) is skipped with a warning and the others
-are fetched. Rate limits (HTTP 429) are discord.py's: its HTTP client keeps per-route buckets and sleeps for
-`retry_after` before retrying, so a long history is slow, never refused.
+Watermarks: the newest message id seen in a channel, stored or skipped. A channel or thread whose
+`last_message_id` is known and not newer than its watermark has nothing new: its messages are not asked for
+(it still counts as fetched). Messages are stored in batches of `batch_size` fetched messages, each batch and
+the watermark it reaches in one transaction (when the API fails midway, what was fetched before the failure is
+stored the same way), so a retry or the next run resumes there. The store is written from the event loop:
+SQLite is synchronous and a Store stays on its own thread.
 
-Known limits of the API: edits and deletions of messages older than the watermark are not seen (live capture
-sees them while the bot runs), and a message read through the API names its author as a user, so each
-author's guild member (nickname, roles) is fetched once per run. Discord sends empty text for other people's
-messages unless the bot has the message-content intent (developer portal), as the live bot needs anyway.
+Errors: a refused token (401, at login or later), an unreachable API and any other failure not named here
+raise ApiError (one line). One channel's trouble is a warning, that channel is skipped and the others are
+fetched: the bot may view it but lacks Read Message History (Discord answers that with no messages rather
+than an error, so the bot's permissions are checked first); Discord refuses its history (403); it is gone
+(404 Unknown Channel: deleted during the run, and its stored messages are removed, as live capture removes a
+deleted channel's); or it keeps failing. Rate limits (HTTP 429) are first discord.py's: it keeps per-route
+buckets and waits out `retry_after`, up to 5 tries a request. A 429 it gives up on, or a 5xx (discord.py
+retries 500, 502, 504 and 524 itself, not 503), is retried from the channel's watermark, ATTEMPTS tries in
+all, waiting RETRY_WAIT seconds doubled each time, or the Retry-After Discord sent when longer, at most
+MAX_WAIT.
+
+Known limits of the API: edits and deletions of messages older than the watermark are not seen, nor channels
+deleted between runs (live capture sees both while the bot runs); a message read through the API names its
+author as a user, so each author's guild member (nickname, roles) is fetched once per run.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -56,13 +75,26 @@ from training.store import MessageRecord, Store
 log = logging.getLogger(__name__)
 
 PUBLIC = "public"  # in `channels`: every public channel the bot can read (as in bot/config.py's lists)
-PAGE_SIZE = 100  # messages per request, what discord.py asks for with limit=None
+PAGE_SIZE = 100  # messages (and archived threads) per request, the API's maximum
 BATCH_SIZE = 1000  # fetched messages per stored batch: an interrupted run fetches at most this many again
-_TEXT_TYPES = (discord.MessageType.default, discord.MessageType.reply)
-_READABLE_TYPES = (discord.TextChannel,)  # by default text and announcement channels, not voice-channel chat
+ATTEMPTS = 4  # tries of one channel in all when Discord fails transiently; then it waits for the next run
+RETRY_WAIT = 2.0  # seconds before the first retry, doubled before each next one
+MAX_WAIT = 60.0  # the longest wait before a retry, whatever Retry-After asks (a resource limit can ask for
+# half an hour): the other channels should not wait that long for one, which the next run tries again
+_sleep = asyncio.sleep  # the wait before a retry; tests replace it
+_UNKNOWN_CHANNEL = 10003  # Discord's error code for a channel or thread that does not exist (any more)
+_VOICE_TYPES = (discord.VoiceChannel, discord.StageChannel)  # their text chat; reading it also needs Connect
+_READABLE_TYPES = (discord.TextChannel, *_VOICE_TYPES)  # text and announcement channels, voice and stage chat
 _FORUM_TYPES = (discord.ForumChannel,)  # forum and media channels: no history of their own, only their posts
+_THREAD_PARENTS = (discord.TextChannel, *_FORUM_TYPES)  # voice and stage channels have no threads
 _PARENT_TYPES = _READABLE_TYPES + _FORUM_TYPES  # what `_select` picks from a guild: the channels and the forums
 _PUBLIC_THREADS = (discord.ChannelType.public_thread, discord.ChannelType.news_thread)
+
+
+def _http(exc: discord.HTTPException) -> str:
+    """The status in words, as "HTTP 503 Service Unavailable"."""
+    reason = getattr(exc.response, "reason", None)
+    return f"HTTP {exc.status}{f' {reason}' if reason else ''}"
 
 
 @contextlib.contextmanager
@@ -76,11 +108,22 @@ def _api_errors() -> Iterator[None]:
     except discord.HTTPException as exc:
         response = exc.response
         where = f"{response.method} {response.url.path}" if hasattr(response, "url") else "request"
-        reason = f" {response.reason}" if getattr(response, "reason", None) else ""
-        raise ApiError(f"Discord API {where} failed: HTTP {exc.status}{reason}"
-                       + (f" ({exc.text})" if exc.text else "")) from exc
+        raise ApiError(f"Discord API {where} failed: {_http(exc)}" + (f" ({exc.text})" if exc.text else "")) from exc
     except (aiohttp.ClientError, ConnectionError, TimeoutError) as exc:
         raise ApiError(f"Discord API: cannot connect ({exc or type(exc).__name__})") from exc
+
+
+def _require_message_content(client: discord.Client) -> None:
+    """Refuse an application Discord withholds message text from, before anything is fetched: its messages
+    would be stored without text, or skipped as empty, and the watermarks would move past them for good.
+    discord.py reads the flags at login (`/oauth2/applications/@me`); a client without them is not refused."""
+    flags = getattr(client, "application_flags", None)
+    if not isinstance(flags, discord.ApplicationFlags):  # None, or discord.py's MISSING before login
+        return
+    if not (flags.gateway_message_content or flags.gateway_message_content_limited):
+        raise ApiError("the Discord bot lacks the message content intent, so Discord would send messages without "
+                       "their text: enable Message Content Intent on the Bot page of the Discord developer portal "
+                       "and run again")
 
 
 class _Guilds:
@@ -134,7 +177,8 @@ def _readable(channel: Any, me: discord.Member | None) -> bool:
     if me is None:  # the bot's member could not be fetched: try, a 403 is skipped with a warning
         return True
     perms = channel.permissions_for(me)
-    return perms.view_channel and perms.read_message_history
+    connects = perms.connect or not isinstance(channel, _VOICE_TYPES)
+    return perms.view_channel and perms.read_message_history and connects
 
 
 async def _select(client: discord.Client, guilds: _Guilds, wanted: list[str] | None, guild_ids: list[int] | None,
@@ -193,7 +237,7 @@ async def _from_guild(client: discord.Client, guilds: _Guilds, guild: discord.Gu
     # is, so that a refusal is a warning rather than silence.
     whole = defaults | {c.id for c in channels if isinstance(c, _FORUM_TYPES) and c.name in names}
     # A name may be a thread's, so names look through the threads of every channel the bot can read.
-    listed = [c for c in channels if c.id in whole or (names and c.id in readable)]
+    listed = [c for c in channels if isinstance(c, _THREAD_PARENTS) and (c.id in whole or (names and c.id in readable))]
     threads = await _public_threads(guild, listed, report)
     selected: list[Any] = []
     for channel in channels:
@@ -221,9 +265,28 @@ async def _public_threads(guild: discord.Guild, parents: list[Any], report: Inge
         found.update({t.id: t for t in await guild.active_threads() if t.parent_id in wanted})
     for channel in parents:
         with _or_warn(report, f"Discord channel #{channel.name} ({channel.id}): cannot list its archived threads"):
-            async for thread in channel.archived_threads(limit=None):  # public ones: private=False
+            async for thread in _archived_threads(channel):
                 found.setdefault(thread.id, thread)
     return sorted((t for t in found.values() if t.type in _PUBLIC_THREADS), key=lambda t: t.id)
+
+
+async def _archived_threads(channel: Any) -> AsyncIterator[discord.Thread]:
+    """A channel's archived public threads, each once. Discord lists them latest archive first, `before` an
+    archive time, exclusive; discord.py pages with `before` = the last thread's time, which loses the threads
+    archived at that same moment that did not fit on the page. So each page here starts 1 ms after the last
+    thread's time (the threads of that millisecond come again), the threads seen are dropped, and a page with
+    nothing new ends the listing (only more than a page of threads archived in one millisecond is cut short)."""
+    seen: set[int] = set()
+    before: datetime | None = None
+    while True:
+        page = [t async for t in channel.archived_threads(limit=PAGE_SIZE, before=before)]  # public: private=False
+        new = [t for t in page if t.id not in seen]
+        for thread in new:
+            seen.add(thread.id)
+            yield thread
+        if len(page) < PAGE_SIZE or not new:
+            return
+        before = page[-1].archive_timestamp + timedelta(milliseconds=1)
 
 
 @contextlib.contextmanager
@@ -246,32 +309,61 @@ async def fetch_discord_history_async(
     batch_size: int = BATCH_SIZE,
 ) -> IngestReport:
     """Fetch and store everything newer than each channel's watermark, with a client that is logged in
-    (`await client.login(token)`; a gateway connection is not needed)."""
+    (`await client.login(token)`; a gateway connection is not needed). Raises ApiError, before fetching
+    anything, when the application lacks the message content intent."""
     report = IngestReport()
     with _api_errors():
+        _require_message_content(client)
         known = _Guilds(client)
         selected = await _select(client, known, channels, guilds, report)
         converter = DiscordConverter(store, report, store.channel_names(PLATFORM), include_bots)
         # Every name up front, as the importer reads every file's header first: a `<#id>` in a channel can
         # name a thread fetched after it, and guild channel lists leave threads out.
         converter.channels.update({r.platform_id: r.name for r in map(channel_record, selected)})
-        fetched, texts = 0, _Texts()
+        selected = await _with_history(client, known, selected, report)
+        fetched = 0
         for done, channel in enumerate(selected, 1):
             header = await _prepare(channel, known, converter, store)
-            name = str(header.path)
-            tick = _Ticker(progress, name, done - 1, len(selected), fetched)
-            try:
-                fetched += await _fetch_channel(channel, known, header, converter, store, batch_size, tick, texts)
-            except discord.Forbidden as exc:  # listed, or readable by its permissions, and still refused
-                report.warn(f"Discord channel {name} ({header.channel.platform_id}): {_why(exc)}; skipped")
-                continue
-            report.files += 1
-            if progress is not None:
-                progress(IngestProgress(name, done, len(selected), fetched))
-    if texts.humans and texts.blank == texts.humans:
-        report.warn(f"all {texts.humans} messages from people came without text: the bot needs the message "
-                    "content intent (Discord developer portal, Bot page)")
+            tick = _Ticker(progress, str(header.path), done - 1, len(selected), fetched)
+            fetch = functools.partial(_fetch_channel, channel, known, header, converter, store, batch_size, tick)
+            complete = await _fetch_or_skip(fetch, header, store, report)
+            fetched += tick.fetched
+            if complete:
+                report.files += 1
+                if progress is not None:
+                    progress(IngestProgress(tick.source, done, len(selected), fetched))
     return report
+
+
+async def _with_history(client: discord.Client, known: _Guilds, channels: list[Any], report: IngestReport
+                        ) -> list[Any]:
+    """`channels` less those the bot may view but not read the history of, each with a warning: Discord answers
+    their history with no messages rather than an error, so a listed one would give nothing, silently."""
+    kept = []
+    for channel in channels:
+        if await _lacks_history(client, known, channel, report):
+            report.warn(f"Discord channel #{channel.name} ({channel.id}): the bot lacks the Read Message History "
+                        "permission there; skipped")
+        else:
+            kept.append(channel)
+    return kept
+
+
+async def _lacks_history(client: discord.Client, known: _Guilds, channel: Any, report: IngestReport) -> bool:
+    """Whether the bot may view `channel` but not read its history. Judged on the channel as its guild lists it,
+    which knows the guild's roles (one fetched by id does not); a thread on its parent, whose permissions it
+    has. A channel the bot may not view answers 403, a warning where it is fetched."""
+    guild_id = getattr(getattr(channel, "guild", None), "id", None)
+    guild = await known.get(guild_id, report) if guild_id is not None and client.user else None
+    if guild is None:  # a DM, or a guild the bot cannot look at: let Discord answer
+        return False
+    ruling_id = channel.parent_id if isinstance(channel, discord.Thread) else channel.id
+    ruling = next((c for c in await known.channels(guild) if c.id == ruling_id), None)
+    me = await known.member(guild, client.user.id)
+    if ruling is None or me is None:
+        return False
+    perms = ruling.permissions_for(me)
+    return perms.view_channel and not perms.read_message_history
 
 
 async def _prepare(channel: Any, known: _Guilds, converter: DiscordConverter, store: Store) -> ChannelHeader:
@@ -287,35 +379,100 @@ async def _prepare(channel: Any, known: _Guilds, converter: DiscordConverter, st
     return ChannelHeader(Path(f"#{record.name}"), record.workspace_id or "0", guild.name if guild else None, record)
 
 
-@dataclass
-class _Texts:
-    """People's messages seen, and how many came with no text: all of them means Discord withheld it."""
+async def _fetch_or_skip(fetch: Callable[[], Awaitable[None]], header: ChannelHeader, store: Store,
+                         report: IngestReport) -> bool:
+    """Fetch one channel, trying again after transient failures; True when it is done. A channel Discord
+    refuses (403) or no longer has (404) is skipped with a warning."""
+    what = f"Discord channel {header.path} ({header.channel.platform_id})"
+    try:
+        return await _retrying(fetch, what, report)
+    except (discord.Forbidden, discord.NotFound) as exc:
+        if isinstance(exc, discord.NotFound) and exc.code == _UNKNOWN_CHANNEL:
+            report.warn(f"{what}: deleted during the run (HTTP 404 {exc.text}); skipped{_forget(store, header)}")
+        else:
+            report.warn(f"{what}: {_why(exc)}; skipped")
+        return False
 
-    humans: int = 0
-    blank: int = 0
+
+def _forget(store: Store, header: ChannelHeader) -> str:
+    """Remove a deleted channel from the store with its messages, as live capture does when Discord reports a
+    deletion: a deleted channel's messages must not stay in training. Says what went, for the warning."""
+    removed = store.delete_channel(PLATFORM, header.channel.platform_id)
+    return f", and its {removed} stored messages removed from the store" if removed else ""
+
+
+async def _retrying(fetch: Callable[[], Awaitable[None]], what: str, report: IngestReport) -> bool:
+    """`fetch()`, tried again after a transient failure (a 5xx, or a 429 discord.py gave up on) up to ATTEMPTS
+    times in all, each resuming from the watermark the last one committed. True when a try succeeds; False,
+    with a warning, when every one failed. Any other failure is raised."""
+    attempt = 1
+    while True:
+        try:
+            await fetch()
+            return True
+        except (discord.HTTPException, discord.RateLimited) as exc:
+            if not _transient(exc):
+                raise
+            failure = "rate limited" if isinstance(exc, discord.RateLimited) else _http(exc)
+            if attempt == ATTEMPTS:
+                report.warn(f"{what}: {failure}, {ATTEMPTS} tries; skipped until the next run")
+                return False
+            wait = _wait(exc, attempt)
+            log.warning("%s: %s; trying again in %.0f s", what, failure, wait)
+            await _sleep(wait)
+            attempt += 1
+
+
+def _transient(exc: discord.HTTPException | discord.RateLimited) -> bool:
+    return isinstance(exc, discord.RateLimited) or exc.status == 429 or exc.status >= 500
+
+
+def _wait(exc: discord.HTTPException | discord.RateLimited, attempt: int) -> float:
+    """Seconds before the try after `attempt`: RETRY_WAIT doubled each time, or what Discord asked for when
+    longer (Retry-After, or discord.py's RateLimited), at most MAX_WAIT."""
+    if isinstance(exc, discord.RateLimited):
+        asked = exc.retry_after
+    else:
+        try:
+            asked = float(getattr(exc.response, "headers", {}).get("Retry-After", 0))
+        except (TypeError, ValueError):
+            asked = 0.0
+    return min(MAX_WAIT, max(RETRY_WAIT * 2 ** (attempt - 1), asked))
 
 
 class _Ticker:
-    """Progress every page: channels done before this one, messages fetched in this run."""
+    """Progress every page: channels done before this one, messages fetched in this run (this channel's are
+    counted here, across tries)."""
 
     def __init__(self, progress: ProgressFn | None, source: str, done: int, total: int, before: int) -> None:
         self.progress, self.source, self.done, self.total, self.before = progress, source, done, total, before
+        self.fetched = 0
 
-    def __call__(self, fetched: int) -> None:
-        if self.progress is not None and fetched % PAGE_SIZE == 0:
-            self.progress(IngestProgress(self.source, self.done, self.total, self.before + fetched))
+    def __call__(self) -> None:
+        self.fetched += 1
+        if self.progress is not None and self.fetched % PAGE_SIZE == 0:
+            self.progress(IngestProgress(self.source, self.done, self.total, self.before + self.fetched))
+
+
+def _nothing_new(channel: Any, watermark: str | None) -> bool:
+    """Whether the channel's newest message, as Discord reports it on the channel (`last_message_id`), was seen
+    already: then its history is not asked for, which spares a request per archived thread every run."""
+    last = getattr(channel, "last_message_id", None)
+    return watermark is not None and last is not None and last <= int(watermark)
 
 
 async def _fetch_channel(channel: Any, known: _Guilds, header: ChannelHeader, converter: DiscordConverter,
-                         store: Store, batch_size: int, tick: _Ticker, texts: _Texts) -> int:
-    """Store one channel's new messages batch by batch, each with its watermark; returns how many were fetched."""
+                         store: Store, batch_size: int, tick: _Ticker) -> None:
+    """Store one channel's new messages batch by batch, each with its watermark."""
     report = converter.report
     channel_id = header.channel.platform_id
+    watermark = store.get_watermark(PLATFORM, channel_id)
+    if _nothing_new(channel, watermark):
+        return
     pending: list[MessageRecord] = []
     newest: str | None = None
     fetched = 0
     guild = await known.get(int(header.guild_id), report) if header.guild_id != "0" else None
-    watermark = store.get_watermark(PLATFORM, channel_id)
     after = discord.Object(id=int(watermark)) if watermark else None
 
     def commit() -> None:
@@ -336,21 +493,17 @@ async def _fetch_channel(channel: Any, known: _Guilds, header: ChannelHeader, co
             if guild is not None and not isinstance(author, discord.Member) and not author.bot \
                     and message.webhook_id is None:
                 author = await known.member(guild, author.id) or author
-            if not author.bot and message.type in _TEXT_TYPES:
-                texts.humans += 1
-                texts.blank += not message.content
             record = converter.record(dce_message(message, author), header)
             if record is not None:
                 pending.append(record)
             newest = str(message.id)  # only now: a failure above must not move the watermark past it
             if fetched % batch_size == 0:
                 commit()
-            tick(fetched)
+            tick()
     except (discord.HTTPException, aiohttp.ClientError, ConnectionError, TimeoutError):
         commit()  # the messages fetched before the failure are whole: keep them, and the watermark they reach
         raise
     commit()
-    return fetched
 
 
 async def _fetch_with_token(token: str, store: Store, **options: Any) -> IngestReport:

@@ -9,7 +9,10 @@ Text rules (chat-formats.md §1.6, §2.2, §5.3):
   `<url>` -> `url`, `<!here>`/`<!channel>`/`<!everyone>` -> `@here`/`@channel`/`@everyone` (plain text),
   then `&lt;`, `&gt;`, and `&amp;` last.
 - Discord raw tokens: `<@1>`/`<@!1>` -> `@speaker`, `<#1>` -> `#channel`, `<@&1>` -> `@role`,
-  `<:name:1>`/`<a:name:1>` -> `:name:`, `</cmd:1>` -> `/cmd`, `<t:unix[:style]>` -> a UTC date.
+  `<:name:1>`/`<a:name:1>` -> `:name:`, `</cmd:1>` -> `/cmd`, `<t:unix[:style]>` -> a UTC date, and the
+  guild navigation links as the client labels them: `<id:customize>` -> `Channels & Roles`, `<id:browse>` ->
+  `Browse Channels`, `<id:guide>` -> `Server Guide`, `<id:linked-roles>` -> `Linked Roles`,
+  `<id:linked-roles:1>` -> the role's name (`Linked Roles` when unknown).
   DiscordChatExporter's markdown-rendered content has none of these and passes through unchanged.
 - Every source: CRLF and lone CR -> LF, NFC, control characters other than LF and TAB removed (this includes
   `\\x1e`, which the corpus reserves for line breaks), lone UTF-16 surrogates -> U+FFFD, surrounding blank
@@ -37,8 +40,12 @@ _SLACK_TOKEN = re.compile(r"<([^<>\n]*)>")
 _SLACK_SPECIALS = {"here": "@here", "channel": "@channel", "everyone": "@everyone", "group": "@channel"}
 _DISCORD_TOKEN = re.compile(
     r"<(?:@!?(?P<user>\d+)|@&(?P<role>\d+)|#(?P<channel>\d+)|a?:(?P<emoji>[\w~-]+):\d+"
-    r"|/(?P<command>[\w -]+):\d+|t:(?P<time>-?\d+)(?::(?P<style>[tTdDfFR]))?)>"
+    r"|/(?P<command>[\w -]+):\d+|t:(?P<time>-?\d+)(?::(?P<style>[tTdDfFR]))?"
+    r"|id:(?P<navigation>customize|browse|guide|linked-roles)|id:linked-roles:(?P<linked_role>\d+))>"
 )
+# Guild navigation links (`<id:...>`), as the Discord client labels the pages they open.
+_DISCORD_NAVIGATION = {"customize": "Channels & Roles", "browse": "Browse Channels", "guide": "Server Guide",
+                       "linked-roles": "Linked Roles"}
 # C0 and C1 controls except TAB and LF; DEL too. CR is handled before this runs.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
@@ -130,6 +137,10 @@ def discord_text(
             return f":{match['emoji']}:"
         if match["command"]:
             return "/" + match["command"]
+        if match["navigation"]:
+            return _DISCORD_NAVIGATION[match["navigation"]]
+        if match["linked_role"]:
+            return _lookup(roles, match["linked_role"]) or _DISCORD_NAVIGATION["linked-roles"]
         return _discord_time(int(match["time"]), match["style"])
 
     return clean_text(_DISCORD_TOKEN.sub(render, content))

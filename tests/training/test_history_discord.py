@@ -1,20 +1,24 @@
 """training/history_discord.py against a fake Discord REST API on 127.0.0.1 (tests/training/fake_discord.py,
 with the thread listings added below), with discord.py's own HTTP client: channel and thread choice,
-pagination, the shared conversion, watermarks, errors."""
+pagination, the shared conversion, watermarks, errors and retries (whose waits are recorded, not slept)."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import discord
 import pytest
 
 from tests.training.fake_discord import (
     ADA,
     ANNOUNCE,
     BOT_ID,
+    CONNECT,
+    GATEWAY_MESSAGE_CONTENT,
     GENERAL,
     GRACE,
     GUILD,
@@ -27,21 +31,31 @@ from tests.training.fake_discord import (
     START,
     THREAD,
     TOKEN,
+    VOICE,
     FakeDiscord,
     forum_channel,
     message,
     public_thread,
     serve,
     snowflake,
+    text_channel,
 )
 from tests.training.fixtures import dce_file, write_dce
+from training import history_discord
 from training.errors import ApiError
-from training.history_discord import fetch_discord_history
+from training.history_discord import (
+    ATTEMPTS,
+    MAX_WAIT,
+    RETRY_WAIT,
+    fetch_discord_history,
+    fetch_discord_history_async,
+)
 from training.ingest_discord import ingest_discord_exports
 from training.store import ChannelRecord, Store
 
 ARCHIVED, NEWS_THREAD, PRIVATE_THREAD, LOCKED_THREAD = (
     "820000000000000011", "820000000000000012", "820000000000000013", "820000000000000014")
+STAGE = "820000000000000031"
 FORUM, OLD_POST, NEW_POST, STAFF_FORUM, STAFF_POST, MEDIA, MEDIA_POST = (
     "820000000000000021", "820000000000000022", "820000000000000023", "820000000000000024",
     "820000000000000025", "820000000000000026", "820000000000000027")
@@ -111,6 +125,18 @@ def forums(fake: FakeDiscord) -> FakeDiscord:
 @pytest.fixture
 def db(tmp_path: Path) -> Path:
     return tmp_path / "mimic.db"
+
+
+@pytest.fixture(autouse=True)
+def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The waits before retries, recorded instead of slept."""
+    recorded: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        recorded.append(seconds)
+
+    monkeypatch.setattr(history_discord, "_sleep", sleep)
+    return recorded
 
 
 def fetch(db: Path, **options: Any):
@@ -191,7 +217,7 @@ def test_second_run_asks_only_for_what_is_newer(fake, db: Path) -> None:
     fake.add(GENERAL, message(700, GRACE, "something new"), message(701, BOT_ID, "bot again"))
     report = fetch(db)
     assert [p["after"] for p in fake.history_calls(GENERAL)] == [snowflake(205)]
-    assert [p["after"] for p in fake.history_calls(RANDOM)] == [snowflake(300)]
+    assert not fake.history_calls(RANDOM)  # its last_message_id is its watermark: nothing new to ask for
     assert (report.new, report.updated, report.unchanged) == (1, 0, 0) and report.skipped == {"bot": 1}
     with Store.open(db) as store:
         assert store.get_watermark("discord", GENERAL) == snowflake(701)
@@ -199,32 +225,42 @@ def test_second_run_asks_only_for_what_is_newer(fake, db: Path) -> None:
     assert report.stored == 0 and report.files == 4
 
 
-def test_a_failure_midway_keeps_the_stored_batches_and_the_next_run_resumes(fake, db: Path) -> None:
-    fake.broken_after = snowflake(99)  # the second page of #general fails
-    with pytest.raises(ApiError, match=r"Discord API GET /api/v10/channels/\d+/messages failed: HTTP 503"):
-        fetch(db, batch_size=40)
+def test_a_channel_failing_every_try_keeps_its_stored_batches_and_the_next_run_resumes(fake, db: Path,
+                                                                                       waits: list[float]) -> None:
+    fake.broken_after = snowflake(99)  # the second page of #general answers 503 every time
+    report = fetch(db, batch_size=40)
+    # tried again from its watermark, waiting longer each time, then skipped; the channels after it are fetched
+    assert [p["after"] for p in fake.history_calls(GENERAL)] == ["0", snowflake(99)] + [snowflake(99)] * (ATTEMPTS - 1)
+    assert waits == [RETRY_WAIT * 2 ** i for i in range(ATTEMPTS - 1)]
+    assert report.warnings == [f"Discord channel #general ({GENERAL}): HTTP 503 Service Unavailable, {ATTEMPTS} "
+                               "tries; skipped until the next run"]
+    assert report.files == 3 and report.new == 100 + 1 + 1 + 1
     with Store.open(db) as store:
-        assert store.message_count() == 100  # two batches of 40 and the last 20 of the page, with their watermark
-        assert store.get_watermark("discord", GENERAL) == snowflake(99)
+        assert store.get_watermark("discord", GENERAL) == snowflake(99)  # the batches of 40 and the last 20
     fake.broken_after = None
     fake.requests.clear()
     report = fetch(db, batch_size=40)
     assert [p["after"] for p in fake.history_calls(GENERAL)] == [snowflake(99)]
-    assert report.new == 20 + 3 + 1 + 1 + 1
+    assert report.new == 20 + 3 and not report.warnings  # the others have nothing new
 
 
 def test_listed_channels_private_ones_included_and_problems_skipped_with_a_warning(fake, db: Path) -> None:
-    report = fetch(db, channels=["#secret", str(LOCKED), "999999999999999999", "#nope", RANDOM])
-    assert {p.split("/")[2] for _, p, _ in fake.requests if p.endswith("/messages")} == {SECRET, LOCKED, RANDOM}
+    fake.forbidden = {ANNOUNCE}
+    report = fetch(db, channels=["#secret", str(LOCKED), "999999999999999999", "#nope", RANDOM, ANNOUNCE])
+    # #locked is not asked: without Read Message History Discord answers with no messages, not an error
+    assert {p.split("/")[2] for _, p, _ in fake.requests if p.endswith("/messages")} == {SECRET, RANDOM, ANNOUNCE}
     assert not fake.history_calls(GENERAL)
     with Store.open(db) as store:
         assert store.channel("discord", SECRET).kind == "private"
-        assert store.get_watermark("discord", LOCKED) is None
+        assert store.channel("discord", LOCKED) is None
     assert report.files == 2 and report.new == 2
     warnings = "\n".join(report.warnings)
-    assert f"#locked ({LOCKED}): no access (HTTP 403 Missing Access); skipped" in warnings
+    assert f"Discord channel #locked ({LOCKED}): the bot lacks the Read Message History permission there; " \
+           "skipped" in warnings
+    assert f"#announcements ({ANNOUNCE}): no access (HTTP 403 Missing Access); skipped" in warnings
     assert "Discord channel 999999999999999999: not found (HTTP 404 Unknown Channel); skipped" in warnings
     assert "Discord channel '#nope' not found in the bot's guilds; skipped" in warnings
+    fake.forbidden = set()
     public_and_one = fetch(db, channels=["public", SECRET])  # as `learn_channels = ["public", "<id>"]` reads
     assert public_and_one.files == 5
 
@@ -330,24 +366,167 @@ def test_a_refused_forum_archived_listing_is_a_warning_and_its_active_posts_are_
     assert report.files == 1
 
 
-def test_a_second_run_fetches_nothing_new_from_threads(threads, db: Path) -> None:
+def test_a_second_run_asks_nothing_of_channels_and_threads_with_nothing_new(threads, db: Path) -> None:
     fetch(db)
     threads.requests.clear()
     report = fetch(db)
-    assert report.stored == 0 and report.files == 6
-    assert [q["after"] for q in threads.history_calls(ARCHIVED)] == [snowflake(661)]
-    assert [q["after"] for q in threads.history_calls(THREAD)] == [snowflake(650)]
+    assert report.stored == 0 and report.files == 6  # each still done, from its last_message_id alone
+    assert history_order(threads) == []
     threads.add(ARCHIVED, message(800, LINUS, "reopened"))
     report = fetch(db)
+    assert history_order(threads) == [ARCHIVED]
+    assert [q["after"] for q in threads.history_calls(ARCHIVED)] == [snowflake(661)]
     assert (report.new, report.updated, report.unchanged) == (1, 0, 0)
     assert [r[10] for r in rows(db)].count("reopened") == 1
 
 
-def test_a_rate_limit_is_waited_out_by_discord_py(fake, db: Path) -> None:
-    fake.rate_limit_once = {f"/channels/{GENERAL}/messages"}
+def test_a_rate_limit_is_waited_out_by_discord_py(fake, db: Path, waits: list[float]) -> None:
+    fake.fail_first = {f"/channels/{GENERAL}/messages": [429]}
     report = fetch(db)
     assert len(fake.history_calls(GENERAL)) == 3 and fake.history_calls(GENERAL)[0] == fake.history_calls(GENERAL)[1]
-    assert report.new == 126
+    assert report.new == 126 and waits == []
+
+
+def test_a_503_is_tried_again_from_the_watermark(fake, db: Path, waits: list[float]) -> None:
+    fake.fail_first = {f"/channels/{GENERAL}/messages": [503]}  # discord.py raises a 503 at once
+    report = fetch(db)
+    assert [p["after"] for p in fake.history_calls(GENERAL)] == ["0", "0", snowflake(99)]
+    assert waits == [RETRY_WAIT] and report.new == 126 and report.files == 4 and not report.warnings
+
+
+@pytest.mark.parametrize(("retry_after", "waited"), [("7", 7.0), ("5000", MAX_WAIT), ("0", RETRY_WAIT)])
+def test_a_429_discord_py_gave_up_on_is_tried_again_after_retry_after(fake, db: Path, waits: list[float],
+                                                                      retry_after: str, waited: float) -> None:
+    # discord.py waits out five 429s (`retry_after` 0 here), then raises; the sixth answer is one more 429
+    fake.fail_first = {f"/channels/{GENERAL}/messages": [429] * 6}
+    fake.retry_after_header = retry_after
+    report = fetch(db)
+    assert len(fake.history_calls(GENERAL)) == 6 + 2
+    assert waits == [waited]  # what Discord asked, but no less than the backoff and no more than MAX_WAIT
+    assert report.new == 126 and not report.warnings
+
+
+def test_a_401_while_fetching_is_still_fatal(fake, db: Path, waits: list[float]) -> None:
+    fake.fail_first = {f"/channels/{RANDOM}/messages": [401]}
+    with pytest.raises(ApiError, match=rf"^Discord API GET /api/v10/channels/{RANDOM}/messages failed: HTTP 401"):
+        fetch(db)
+    assert waits == [] and len(fake.history_calls(RANDOM)) == 1
+
+
+def test_a_thread_deleted_during_the_run_is_skipped_and_leaves_the_store(fake, db: Path) -> None:
+    fetch(db)
+    fake.requests.clear()
+    fake.add(THREAD, message(651, ADA, "last words"))
+    fake.add(RANDOM, message(301, ADA, "still here"))
+    fake.vanished = {THREAD}  # listed as active, then deleted before its turn
+    report = fetch(db)
+    assert history_order(fake) == [THREAD, RANDOM]  # the channels after it are fetched
+    assert report.warnings == [f"Discord channel #release plan ({THREAD}): deleted during the run (HTTP 404 Unknown "
+                               "Channel); skipped, and its 1 stored messages removed from the store"]
+    assert report.files == 3 and report.new == 1
+    with Store.open(db) as store:
+        assert store.channel("discord", THREAD) is None and store.get_watermark("discord", THREAD) is None
+    assert "in a thread" not in [r[10] for r in rows(db)]
+
+
+def test_a_thread_deleted_before_anything_was_stored_is_a_warning(fake, db: Path) -> None:
+    fake.vanished = {THREAD}
+    report = fetch(db)
+    assert report.warnings == [f"Discord channel #release plan ({THREAD}): deleted during the run (HTTP 404 Unknown "
+                               "Channel); skipped"]
+    assert report.files == 3 and report.new == 123 + 1 + 1
+
+
+@pytest.fixture
+def voice(fake: FakeDiscord) -> FakeDiscord:
+    """Voice channel chat the bot may read (@everyone may connect), and a stage channel's."""
+    fake.guilds[GUILD]["roles"][0]["permissions"] = str(int(fake.guilds[GUILD]["roles"][0]["permissions"]) | CONNECT)
+    fake.channels[STAGE] = text_channel(STAGE, "Town Hall", 6, kind=13)
+    fake.add(VOICE, message(760, GRACE, "can you hear me"))
+    fake.add(STAGE, message(770, ADA, "questions at the end"))
+    return fake
+
+
+def test_voice_and_stage_chat_is_public_fetched_by_default_and_by_name(voice, db: Path, tmp_path: Path) -> None:
+    report = fetch(db)
+    assert history_order(voice) == [GENERAL, THREAD, RANDOM, ANNOUNCE, VOICE, STAGE]
+    assert report.files == 6 and report.new == 126 + 2 and not report.warnings
+    assert {p for _, p, _ in voice.requests if "archived" in p} == {  # voice channels have no threads
+        f"/channels/{c}/threads/archived/public" for c in (GENERAL, RANDOM, ANNOUNCE)}
+    with Store.open(db) as store:
+        assert store.channel("discord", VOICE) == ChannelRecord("discord", VOICE, "Lounge", GUILD, "public")
+        assert store.channel("discord", STAGE).kind == "public"
+    voice.requests.clear()
+    report = fetch(tmp_path / "named.db", channels=["#Lounge", "#Town Hall"])
+    assert history_order(voice) == [VOICE, STAGE] and report.new == 2 and not report.warnings
+
+
+def test_voice_chat_needs_connect_to_be_fetched_by_default(fake, db: Path) -> None:
+    fake.add(VOICE, message(760, GRACE, "can you hear me"))
+    fetch(db)
+    assert VOICE not in history_order(fake)
+
+
+def test_a_listed_channel_without_read_message_history_is_a_warning(fake, db: Path) -> None:
+    for listed in ([LOCKED], ["#locked"]):
+        report = fetch(db, channels=listed)
+        assert report.warnings == [f"Discord channel #locked ({LOCKED}): the bot lacks the Read Message History "
+                                   "permission there; skipped"]
+        assert report.files == 0 and not fake.history_calls(LOCKED)
+
+
+def test_archived_threads_sharing_an_archive_time_across_a_page_boundary_are_all_listed(fake, db: Path) -> None:
+    # 120 archived threads, latest archive first; the 95th to the 105th share one archive time, so discord.py's
+    # second page (`before` that time, exclusive) would start after them
+    for i in range(120):
+        tid = str(850000000000000000 + i)
+        fake.threads[tid] = thread(tid, GENERAL, f"old {i}", archived_at=2000 - (95 if 95 <= i <= 105 else i))
+    report = fetch(db, channels=["#old 104", "#old 119"])
+    assert report.files == 2 and not report.warnings
+    befores = [q.get("before") for q in fake.calls(rf"/channels/{GENERAL}/threads/archived/public")]
+    tie = START + timedelta(minutes=2000 - 95)
+    assert befores == [None, (tie + timedelta(milliseconds=1)).isoformat()]  # the tie again, then short: the end
+
+
+def test_an_application_without_the_message_content_intent_is_refused_before_fetching(fake, db: Path) -> None:
+    fake.app_flags = 0
+    with pytest.raises(ApiError, match=r"^the Discord bot lacks the message content intent.*enable Message "
+                                       r"Content Intent on the Bot page of the Discord developer portal and run "
+                                       r"again$"):
+        fetch(db)
+    assert not [p for _, p, _ in fake.requests if p not in ("/users/@me", "/oauth2/applications/@me")]
+    fake.app_flags = GATEWAY_MESSAGE_CONTENT  # a verified application's flag
+    assert fetch(db).new == 126
+
+
+async def fetch_logged_in(db: Path) -> Any:
+    """fetch_discord_history_async with a client logged in by its caller, as a bot that already runs would."""
+    client = discord.Client(intents=discord.Intents.default())
+    try:
+        await client.login(TOKEN)
+        with Store.open(db) as store:
+            return await fetch_discord_history_async(client, store)
+    finally:
+        await client.close()
+
+
+def test_a_logged_in_caller_is_refused_too_unless_the_flags_are_unknown(fake, db: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    fake.app_flags = 0
+    with pytest.raises(ApiError, match="message content intent"):
+        asyncio.run(fetch_logged_in(db))
+    assert not fake.calls(r"/users/@me/guilds")
+    monkeypatch.setattr(discord.Client, "application_flags", property(lambda client: None))
+    assert asyncio.run(fetch_logged_in(db)).new == 126
+
+
+def test_a_run_whose_new_messages_have_no_text_warns_of_nothing(fake, db: Path) -> None:
+    fetch(db)
+    picture = {"id": "870000000000000001", "filename": "cat.png", "size": 1, "url": "https://cdn.invalid/cat.png",
+               "proxy_url": "https://cdn.invalid/cat.png"}
+    fake.add(GENERAL, message(800, ADA, "", attachments=[picture]), message(801, GRACE, ""))  # an image, a forward
+    report = fetch(db)
+    assert report.stored == 0 and report.skipped and not report.warnings
 
 
 def test_a_bad_token_and_an_api_that_is_down_are_one_line_errors(fake, db: Path) -> None:
@@ -367,12 +546,3 @@ def test_an_unreachable_api(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(discord.http.Route, "BASE", "http://127.0.0.1:9/api/v10")
     with pytest.raises(ApiError, match=r"^Discord API: cannot connect"):
         fetch(db)
-
-
-def test_messages_without_text_mean_a_missing_intent(fake, db: Path) -> None:
-    for channel in fake.messages.values():
-        for m in channel:
-            m["content"] = ""
-    report = fetch(db)
-    assert report.stored == 0
-    assert any("message content intent" in w for w in report.warnings)

@@ -44,6 +44,11 @@ def test_slack_text_accepts_a_lookup_function():
         ("<:kekw:500> <a:dance:501>", ":kekw: :dance:"),
         ("use </ping:600> or </admin ban:601>", "use /ping or /admin ban"),
         ("at <t:0:d> <t:0:t> <t:0>", "at 1970-01-01 00:00 1970-01-01 00:00"),
+        ("pick in <id:customize> or <id:browse>, read <id:guide>", "pick in Channels & Roles or Browse Channels, "
+                                                                     "read Server Guide"),
+        ("see <id:linked-roles>, get <id:linked-roles:400> or <id:linked-roles:401>",
+         "see Linked Roles, get mods or Linked Roles"),  # a linked role by its name, when known
+        ("<id:nope> <id:customize:1>", None),  # not navigation links
         ("@Adam already rendered by DCE :pepeheart: **bold** ||spoiler||", None),
         ("@everyone @here 🥶", None),
     ],
