@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -76,6 +77,7 @@ def main() -> int:
         db.unlink(missing_ok=True)
         spent["ingest"] = mimic("ingest", str(EXPORT), "--db", str(db))
     if not (args.reuse and (run / "model.onnx").is_file()):
+        shutil.rmtree(run, ignore_errors=True)  # a new run: `mimic train` will not write over an older one
         spent["train"] = mimic("train", "--db", str(db), "--time-budget", str(args.budget), "--out", str(run))
     spent["eval"] = mimic("eval", str(run / "model.onnx"), "--db", str(db), "--samples", str(args.samples),
                           "--json", str(out), "--plot", str(run), *args.eval_args)

@@ -35,6 +35,7 @@ $py benchmarks/bench_train.py --text "$data/plays.txt" --device "$device" --budg
 
 echo "== training on the store, two models side by side"
 train() {  # name hidden dropout
+    rm -rf "/tmp/gpu_runs/$1"  # a new run: mimic train will not write over an older one
     $py -m bot.cli train --db "$data/mimic.db" --hidden "$2" --layers 2 --dropout "$3" --batch-size 128 \
         --seq-len 256 --lr 2e-3 --time-budget "$train_budget" --eval-every 250 --checkpoint-every 100000 \
         --device "$device" --no-export --out "/tmp/gpu_runs/$1" > "/tmp/gpu_runs/$1.log" 2>&1

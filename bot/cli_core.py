@@ -7,10 +7,13 @@ next to the double-dash spellings.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import math
 import os
+import signal
 import sys
-import time
 from pathlib import Path
+from typing import TextIO
 
 from bot.errors import UsageError
 
@@ -24,79 +27,82 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     src.add_argument("-file", "--file", dest="file_flag", metavar="FILE", help="same, Darknet's spelling")
     src.add_argument("--db", metavar="PATH", help="a Mimic message store: train on its speaker-tagged corpus")
     m = p.add_argument_group("model")
-    m.add_argument("--arch", default="gru", help="gru (default), lstm or darknet-rnn")
-    m.add_argument("--hidden", type=int, default=256, help="hidden size (default 256: see the README's benchmark)")
+    m.add_argument("--arch", help="gru (default), lstm or darknet-rnn")
+    m.add_argument("--hidden", type=int, help="hidden size (default 256: see the README's benchmark)")
     m.add_argument("--layers", type=int, default=None,
                    help="recurrent layers (default 1), or Darknet [rnn] modules for darknet-rnn (default 3)")
-    m.add_argument("--dropout", type=float, default=0.0)
-    m.add_argument("--no-batch-norm", action="store_true", help="darknet-rnn without batch normalisation")
+    m.add_argument("--dropout", type=float, help="dropout between layers (default 0)")
+    m.add_argument("--no-batch-norm", action="store_true", default=None, help="darknet-rnn without batch normalisation")
     m.add_argument("--speaker-slots", type=int, metavar="N",
                    help="gru/lstm on --db: rows of the learned speaker embedding, one per person plus row 0 for "
                         "nobody (default 1024 with --db, 0 = unconditioned for a text file or darknet-rnn)")
     t = p.add_argument_group("training")
-    t.add_argument("--steps", type=int, help="train this many steps (more steps when resuming)")
+    t.add_argument("--steps", type=int, help="train this many steps (with --resume: this many more)")
     t.add_argument("--time-budget", type=float, metavar="SECONDS", help="train for this long (default 600 s "
-                   "when neither --steps nor --time-budget is given)")
-    t.add_argument("--batch-size", type=int, default=32, help="parallel streams of the text (default 32)")
-    t.add_argument("--seq-len", type=int, default=128, help="BPTT window in bytes (default 128)")
-    t.add_argument("--lr", type=float, default=3e-3)
-    t.add_argument("--valid-fraction", type=float, default=0.05, help="held-out end of the text (default 0.05)")
-    t.add_argument("--eval-every", type=int, default=200, help="steps between validations (0: only at the end)")
-    t.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
+                   "when neither --steps nor --time-budget is given; with --resume: this much longer, and without "
+                   "either a resumed run finishes what it was planned to)")
+    t.add_argument("--batch-size", type=int, help="parallel streams of the text (default 32)")
+    t.add_argument("--seq-len", type=int, help="BPTT window in bytes (default 128)")
+    t.add_argument("--lr", type=float, help="peak learning rate (default 0.003)")
+    t.add_argument("--valid-fraction", type=float, help="held-out end of the text (default 0.05)")
+    t.add_argument("--eval-every", type=int, help="steps between validations (default 200; 0: only at the end)")
+    t.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 500)")
     t.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
-    t.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    t.add_argument("--precision", choices=["auto", "fp32", "bf16"], help="auto (default: bf16 autocast on CUDA)")
     t.add_argument("--threads", type=int, help="torch threads (default: half the cores)")
-    t.add_argument("--seed", type=int, default=1337, help="random seed (a CPU run is repeatable)")
-    p.add_argument("--out", metavar="DIR", help="run directory (default runs/<timestamp>)")
-    p.add_argument("--resume", metavar="CKPT", help="continue a run exactly from its checkpoint")
+    t.add_argument("--seed", type=int, help="random seed (default 1337; a CPU run is repeatable)")
+    p.add_argument("--out", metavar="DIR", help="run directory (default runs/<timestamp>; with --resume, the "
+                   "checkpoint's)")
+    p.add_argument("--resume", metavar="CKPT", help="continue a run exactly from its checkpoint (give its text "
+                   "again; its model and training settings come from the checkpoint)")
     p.add_argument("--no-export", action="store_true", help="skip writing DIR/model.onnx at the end")
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from bot.jobs import chat_store_data, text_file_data, train_and_export
+    from bot import train_plan
+    from bot.jobs import chat_store_data, text_digest, text_file_data, train_and_export
     from bot.progress import TrainingBar
-    from training.models import ModelConfig
-    from training.speaker_slots import CHAT_SPEAKER_SLOTS
-    from training.trainer import TrainConfig
+    from training.checkpoint import load_checkpoint
 
     sources = [s for s in (args.file, args.file_flag, args.db) if s]
     if len(sources) != 1:
         raise UsageError("give exactly one of: a text FILE, -file FILE or --db PATH")
-    slots = args.speaker_slots
-    if slots and not args.db:
-        raise UsageError("--speaker-slots needs --db: a text file names no speakers")
-    if slots is None:
-        slots = CHAT_SPEAKER_SLOTS if args.db and args.arch in ("gru", "lstm") else 0
-    try:
-        model_cfg = ModelConfig(arch=args.arch, hidden=args.hidden,
-                                layers=args.layers if args.layers is not None else (3 if args.arch == "darknet-rnn" else 1), dropout=args.dropout,
-                                batch_norm=not args.no_batch_norm, speaker_slots=slots)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from exc
-    budget = args.time_budget if (args.steps is not None or args.time_budget is not None) else 600.0
-    train_cfg = TrainConfig(steps=args.steps, time_budget=budget, batch_size=args.batch_size, seq_len=args.seq_len,
-                            lr=args.lr, valid_fraction=args.valid_fraction, eval_every=args.eval_every,
-                            checkpoint_every=args.checkpoint_every, seed=args.seed, device=args.device,
-                            precision=args.precision, threads=args.threads)
-    data = chat_store_data(args.db, args.valid_fraction) if args.db else text_file_data(args.file or args.file_flag)
-    out = Path(args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
-    out.mkdir(parents=True, exist_ok=True)  # a run directory that cannot be made fails now, not after training
+    ckpt = load_checkpoint(args.resume) if args.resume else None
+    model_cfg = train_plan.model_config(args, ckpt)
+    train_cfg = train_plan.train_config(args, ckpt)
+    data = (chat_store_data(args.db, train_cfg.valid_fraction) if args.db
+            else text_file_data(args.file or args.file_flag))
+    if ckpt is not None:
+        train_plan.check_same_text(args.resume, ckpt, text_digest(data))
+        del ckpt  # the trainer loads it again, with its optimiser state, where it needs it
+    out = train_plan.run_dir(args)
     bar = TrainingBar(train_cfg.steps, train_cfg.time_budget)
     try:
         result, onnx_path = train_and_export(data, model_cfg, train_cfg, out, resume=args.resume,
                                              export=not args.no_export, on_progress=bar)
+    except BaseException:
+        _remove_if_empty(out)  # a run that failed before its first checkpoint leaves no empty folder behind
+        raise
     finally:
         bar.close()
     if not result.is_main:  # another rank of a torchrun job: rank 0 reports
         return 0
-    print(f"mimic: {result.step} steps, {result.chars_per_sec:,.0f} chars/s, held-out {result.val_bpc:.3f} bits/char; "
-          f"checkpoint {result.checkpoint}", file=sys.stderr)
+    held_out = "" if math.isnan(result.val_bpc) else f", held-out {result.val_bpc:.3f} bits/char"
+    print(f"mimic: {result.step} steps, {result.chars_per_sec:,.0f} chars/s{held_out}; checkpoint {result.checkpoint}",
+          file=sys.stderr)
     if result.interrupted:
-        print(f"mimic: interrupted; resume with: mimic train --resume {result.checkpoint} ...", file=sys.stderr)
-        return 130
+        how, code = ("terminated", 143) if result.stop_signal == signal.SIGTERM else ("interrupted", 130)
+        source = f"--db {args.db}" if args.db else str(args.file or args.file_flag)
+        print(f"mimic: {how}; resume with: mimic train {source} --resume {result.checkpoint}", file=sys.stderr)
+        return code
     if onnx_path:
         print(onnx_path)
     return 0
+
+
+def _remove_if_empty(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        folder.rmdir()  # only an empty one
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -161,13 +167,22 @@ def run_generate(args: argparse.Namespace) -> int:
         seed.encode("utf-8")
     except UnicodeEncodeError:
         raise UsageError("-seed is not valid UTF-8 text") from None
-    out = sys.stdout
+    out = _utf8_stdout()
     out.write(seed)
     for piece in generator.stream(seed, args.len, args.temp, args.srand, args.top_k, args.top_p):
         out.write(piece)
         out.flush()
     out.write("\n")
+    out.flush()
     return 0
+
+
+def _utf8_stdout() -> TextIO:
+    """stdout as UTF-8 whatever the locale says: the model writes UTF-8 (and U+FFFD for a byte that is not),
+    which a Latin-1 or ASCII terminal encoding would refuse halfway through a message."""
+    if (sys.stdout.encoding or "").lower().replace("-", "") != "utf8" and hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(encoding="utf-8", errors="replace")
+    return sys.stdout
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -235,7 +250,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-seed", "--seed", default=None,
                    help='text to start from. Darknet models: its bytes as typed, default two newlines, as '
                         './darknet; Mimic models: \\n and \\t read as newline and tab, default one newline')
-    p.add_argument("-srand", "--srand", type=int, default=None, help="random seed (default: a fresh one)")
+    p.add_argument("-srand", "--srand", type=int, default=None,
+                   help="random seed, any integer, taken modulo 2^64 (Darknet models without --top-k/--top-p: "
+                        "modulo 2^32, as ./darknet's unsigned srand) (default: a fresh one)")
     p.add_argument("-temp", "--temp", type=float, default=0.7, help="temperature (default 0.7)")
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)

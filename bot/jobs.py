@@ -61,6 +61,13 @@ def speaker_directory(db_path: str | Path, counts: dict[str, int]) -> dict[str, 
     return out
 
 
+def text_digest(data: TrainingData) -> str:
+    """A short digest of the training text, kept in the checkpoint so that a resume on another text is noticed."""
+    import hashlib
+
+    return hashlib.sha256(data.train).hexdigest()[:16]
+
+
 def train_and_export(data: TrainingData, model_cfg: Any, train_cfg: Any, out_dir: str | Path, *,
                      resume: str | Path | None = None, init_from: str | Path | None = None,
                      export: bool = True, on_progress: Callable | None = None) -> tuple[Any, Path | None]:
@@ -68,6 +75,7 @@ def train_and_export(data: TrainingData, model_cfg: Any, train_cfg: Any, out_dir
     from training.trainer import train
 
     info = dict(data.info)
+    info.setdefault("digest", text_digest(data))
     if data.valid is None:
         info.setdefault("train_chars", int(len(data.train) * (1 - train_cfg.valid_fraction)))
     else:

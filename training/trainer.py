@@ -13,6 +13,8 @@ import json
 import logging
 import math
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -58,16 +60,20 @@ class TrainConfig:
             raise BadInputError("give --steps or --time-budget")
         if self.steps is not None and self.steps < 1:
             raise BadInputError("--steps must be at least 1")
-        if self.time_budget is not None and self.time_budget <= 0:
-            raise BadInputError("--time-budget must be positive")
+        if self.time_budget is not None and not (self.time_budget > 0 and math.isfinite(self.time_budget)):
+            raise BadInputError(f"--time-budget must be a positive number of seconds, not {self.time_budget}")
         if self.batch_size < 1 or self.seq_len < 1:
             raise BadInputError("--batch-size and --seq-len must be at least 1")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise BadInputError(f"--lr must be a positive number, not {self.lr}")
         if self.threads is not None and self.threads < 1:
             raise BadInputError("--threads must be at least 1")
+        if not 0.0 < self.valid_fraction < 1.0:
+            raise BadInputError(f"--valid-fraction must be between 0 and 1, not {self.valid_fraction}")
         if self.eval_every < 0 or self.checkpoint_every < 0:
             raise BadInputError("--eval-every and --checkpoint-every must be zero or more")
+        if not 0 <= self.seed < 2**63:
+            raise BadInputError(f"--seed must be from 0 to 2**63 - 1, not {self.seed}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise BadInputError(f"unknown device {self.device!r}; use auto, cpu or cuda")
 
@@ -110,6 +116,7 @@ class TrainResult:
     interrupted: bool = False
     is_main: bool = True  # False on the other ranks of a torchrun job
     speaker_slots: dict[str, int] = field(default_factory=dict)  # speaker -> embedding row; {}: unconditioned
+    stop_signal: int | None = None  # signal.SIGINT or SIGTERM when a signal stopped the run
 
 
 def default_threads() -> int:
@@ -222,6 +229,17 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+def _build_on(model_cfg: ModelConfig, device: torch.device) -> torch.nn.Module:
+    """The model on `device`, or a one-line error when it does not fit in memory."""
+    try:
+        return build_model(model_cfg).to(device)
+    except (RuntimeError, MemoryError) as exc:  # the CPU allocator's failure is a plain RuntimeError
+        if not isinstance(exc, torch.OutOfMemoryError | MemoryError) and "allocate" not in str(exc):
+            raise
+        raise BadInputError(f"the model ({model_cfg.arch}, hidden {model_cfg.hidden}, {model_cfg.layers} layers) does "
+                            f"not fit in {device.type} memory; use a smaller --hidden or --layers") from exc
+
+
 def slot_table(model_cfg: ModelConfig, parent: dict[str, Any] | None, speakers: Sequence[str] | None) -> dict[str, int]:
     """The slot table a run trains with: the parent checkpoint's (resume or warm start), extended with the
     corpus's new speakers; {} for an unconditioned model."""
@@ -229,6 +247,36 @@ def slot_table(model_cfg: ModelConfig, parent: dict[str, Any] | None, speakers: 
         return {}
     inherited = {str(k): int(v) for k, v in ((parent or {}).get("speaker_slots") or {}).items()}
     return extend_slots(inherited, speakers or (), model_cfg.speaker_slots)
+
+
+class StopSignals:
+    """Ctrl-C (SIGINT) and SIGTERM during training: the step in hand finishes and the run stops before the
+    next one, so the checkpoint lies between two steps and a resume continues exactly (a signal in the middle
+    of a step would leave the carried state, the optimiser or the random stream half advanced). While the
+    checkpoint is written a signal is only noted; during the final evaluation it cuts the evaluation short.
+    Only the main thread can take signals: elsewhere (the scheduler's worker) this does nothing, and the
+    worker stops a run through the progress callback."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self.cut = False  # raise at a signal: a long evaluation may be abandoned, a step may not
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._note)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _note(self, signum: int, frame: object) -> None:
+        if self.signal is None:
+            self.signal = signum
+        if self.cut:
+            raise KeyboardInterrupt
 
 
 def train(
@@ -255,7 +303,12 @@ def train(
     device = ddp.device
     out_dir = Path(out_dir)
     if valid_text is None:
+        whole = len(text)
         text, valid_text = split_holdout(text, cfg.valid_fraction)
+        if len(text) < cfg.seq_len + 1:
+            raise BadInputError(f"the text has {whole} bytes: after holding out {len(valid_text)} for validation, "
+                                f"{len(text)} are left to train on, fewer than one training window "
+                                f"({cfg.seq_len + 1} bytes); give more text or a smaller --seq-len")
 
     ckpt = load_checkpoint(resume) if resume else None
     if ckpt is not None:
@@ -273,7 +326,7 @@ def train(
     batcher = StreamBatcher(text, cfg.batch_size, cfg.seq_len, ddp.rank, ddp.world, speakers=train_ids)
 
     torch.manual_seed(cfg.seed)
-    model = build_model(model_cfg).to(device)
+    model = _build_on(model_cfg, device)
     if warm is not None:
         model.load_state_dict(warm["model"])
     # Weight decay on matrices only: not on biases and norms, and not on embedding tables, whose rows
@@ -308,6 +361,9 @@ def train(
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "schedule": {"elapsed": elapsed_before + time.monotonic() - t0, "lr": lr},
                 "step": step, "rng": _rng_state(device), "hidden": all_hidden.cpu(),
+                # Where the run was planned to stop, so that a resume with no new limit finishes the same run.
+                "plan": {"last_step": first_step + cfg.steps if cfg.steps else None,
+                         "time_budget": elapsed_before + cfg.time_budget if cfg.time_budget else None},
                 "val_bpc": val_bpc, "history": history, "corpus": corpus_info or {}, "speaker_slots": slots,
                 "device": str(device), "parameters": count_parameters(model), "world_size": ddp.world,
             })
@@ -321,54 +377,66 @@ def train(
     first_step = step
     t0 = time.monotonic()
     lr, last_val, loss_value, interrupted = cfg.lr, None, float("nan"), False
-    try:
-        while True:
-            spent = time.monotonic() - t0
-            time_progress = spent / cfg.time_budget if cfg.time_budget else 0.0
-            done = (cfg.steps is not None and step - first_step >= cfg.steps) or time_progress >= 1.0
-            if ddp.any(done):
-                break
-            lr = lr_at(step, time_progress, cfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            batch = batcher.batch(step)
-            if batch.reset:
-                hidden = initial_state(model_cfg, batcher.streams, device)
-            x = torch.from_numpy(batch.x).to(device, non_blocking=True)
-            y = torch.from_numpy(batch.y).to(device, non_blocking=True)
-            s = torch.from_numpy(batch.s).to(device, non_blocking=True) if batch.s is not None else None
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                logits, hidden = net(*_model_inputs(x, hidden, s))
-                loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
-            hidden = hidden.detach().float()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            step += 1
-            loss_value = loss.item()
-            if not math.isfinite(loss_value):
-                raise BadInputError(f"training diverged at step {step} (loss {loss_value}); try a lower --lr")
-            val = None
-            if ddp.is_main and cfg.eval_every and step % cfg.eval_every == 0:
-                val = last_val = evaluate_bpc(model, model_cfg, valid_text, device, cfg.eval_chars,
-                                              speakers=valid_ids)
-            if ddp.is_main:
-                history.append({"step": step, "loss": loss_value, **({"val_bpc": val} if val is not None else {})})
-            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-                checkpoint(last_val)
-            if on_progress and ddp.is_main:
+    with StopSignals() as stop:
+        try:
+            while True:
                 spent = time.monotonic() - t0
-                rate = batcher.chars_per_step * ddp.world * (step - first_step) / max(spent, 1e-9)
-                on_progress(Progress(step - first_step, cfg.steps, spent, cfg.time_budget, loss_value, rate, val, lr))
-    except KeyboardInterrupt:
-        interrupted = True  # fall through: save what we have, then let the caller report it
-    spent = time.monotonic() - t0
-    final_val = evaluate_bpc(model, model_cfg, valid_text, device, speakers=valid_ids) if ddp.is_main else float("nan")
-    if ddp.is_main and history:
-        history[-1]["val_bpc"] = final_val
-    path = checkpoint(final_val)
+                # A resumed run's schedule counts the time trained before: its decay continues over the whole run.
+                time_progress = (elapsed_before + spent) / (elapsed_before + cfg.time_budget) if cfg.time_budget else 0.0
+                done = (cfg.steps is not None and step - first_step >= cfg.steps) or time_progress >= 1.0
+                if ddp.any(done or stop.signal is not None):
+                    interrupted = stop.signal is not None
+                    break
+                lr = lr_at(step, time_progress, cfg)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                batch = batcher.batch(step)
+                if batch.reset:
+                    hidden = initial_state(model_cfg, batcher.streams, device)
+                x = torch.from_numpy(batch.x).to(device, non_blocking=True)
+                y = torch.from_numpy(batch.y).to(device, non_blocking=True)
+                s = torch.from_numpy(batch.s).to(device, non_blocking=True) if batch.s is not None else None
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    logits, carried = net(*_model_inputs(x, hidden, s))
+                    loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                optimizer.step()
+                step += 1
+                hidden = carried.detach().float()  # only with the step: a checkpoint pairs a state with its step
+                loss_value = loss.item()
+                if not math.isfinite(loss_value):
+                    raise BadInputError(f"training diverged at step {step} (loss {loss_value}); try a lower --lr")
+                val = None
+                if ddp.is_main and cfg.eval_every and step % cfg.eval_every == 0:
+                    val = last_val = evaluate_bpc(model, model_cfg, valid_text, device, cfg.eval_chars,
+                                                  speakers=valid_ids)
+                if ddp.is_main:
+                    history.append({"step": step, "loss": loss_value, **({"val_bpc": val} if val is not None else {})})
+                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                    checkpoint(last_val)
+                if on_progress and ddp.is_main:
+                    spent = time.monotonic() - t0
+                    rate = batcher.chars_per_step * ddp.world * (step - first_step) / max(spent, 1e-9)
+                    on_progress(Progress(step - first_step, cfg.steps, spent, cfg.time_budget, loss_value, rate, val, lr))
+        except KeyboardInterrupt:  # the progress callback's way to stop a run (the worker's), after a whole step
+            interrupted = True
+        spent = time.monotonic() - t0
+        final_val = last_val if last_val is not None else float("nan")
+        if not interrupted and ddp.is_main:  # an interrupted run saves at once: the user is waiting
+            try:
+                stop.cut = True
+                final_val = evaluate_bpc(model, model_cfg, valid_text, device, speakers=valid_ids)
+            except KeyboardInterrupt:
+                interrupted = True
+            finally:
+                stop.cut = False
+            if history and not interrupted:
+                history[-1]["val_bpc"] = final_val
+        path = checkpoint(None if math.isnan(final_val) else final_val)
     ddp.close()
     return TrainResult(path, step, final_val, elapsed_before + spent,
                        batcher.chars_per_step * ddp.world * (step - first_step) / max(spent, 1e-9),
-                       count_parameters(model), history, str(device), interrupted, ddp.is_main, slots)
+                       count_parameters(model), history, str(device), interrupted, ddp.is_main, slots,
+                       stop.signal)
