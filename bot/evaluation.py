@@ -324,11 +324,10 @@ def evaluate_text(model_path: str | Path, text_path: str | Path) -> dict[str, An
     """Bits per character of a model on a plain text file (the whole file, read as parallel streams)."""
     from engine.evaluate import bits_per_char
     from engine.session import ModelSession
+    from training.textdata import read_text_file
 
     path = Path(text_path)
-    if not path.is_file():
-        raise UsageError(f"{path}: no such file")
-    data = path.read_bytes()
+    data = read_text_file(path)  # the messages `mimic train` gives: missing, a directory, unreadable, empty
     if len(data) < 2:
         raise UsageError(f"{path}: too short to evaluate (needs at least 2 bytes)")
     bpc = bits_per_char(ModelSession(model_path), data)

@@ -3,6 +3,9 @@
 Reproducibility: every sequence draws from its own PCG64 generator seeded by `srand` (numpy's PCG64 gives
 the same stream on every OS and CPU), probabilities are computed in float64 and the draw is an inverse-CDF
 lookup over a sequential cumulative sum, so the same logits and the same srand give the same byte everywhere.
+
+Any integer is a valid srand: it is taken modulo 2**64 (so -1 is 2**64 - 1), as Darknet takes its -srand
+modulo 2**32 (an unsigned int). numpy's PCG64 itself refuses negative seeds.
 """
 
 from __future__ import annotations
@@ -32,8 +35,16 @@ class SamplingConfig:
             raise BadRequestError(f"the probability cut-off must be in [0, 1), not {self.cutoff}")
 
 
+SRAND_MODULUS = 2**64
+
+
 def make_rng(srand: int | tuple[int, ...] | None) -> np.random.Generator:
-    """A generator for one sequence; None draws a fresh seed from the OS, a tuple mixes several numbers."""
+    """A generator for one sequence; None draws a fresh seed from the OS, a tuple mixes several numbers.
+    Every number is taken modulo 2**64, so a negative srand works (0 <= srand < 2**64 is used as given)."""
+    if isinstance(srand, tuple):
+        srand = tuple(int(n) % SRAND_MODULUS for n in srand)
+    elif srand is not None:
+        srand = int(srand) % SRAND_MODULUS
     return np.random.Generator(np.random.PCG64(srand))
 
 

@@ -30,18 +30,29 @@ def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
     """`with atomic_open(p) as f: f.write(...)`: p is replaced only when the block finishes without error."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as exc:
+        raise _naming(exc, path) from exc
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
             os.fchmod(f.fileno(), FILE_MODE)
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise _naming(exc, path) from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def _naming(exc: OSError, path: Path) -> OSError:
+    """The same error about `path` itself: the temporary file's random name means nothing to the user."""
+    return OSError(exc.errno, exc.strerror, str(path)) if exc.errno else exc
 
 
 def write_atomic(path: str | Path, data: bytes) -> None:

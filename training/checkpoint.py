@@ -35,6 +35,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for a damaged file
+        if _looks_like_onnx(path):  # `mimic export model.onnx out.onnx`: the files given the wrong way round
+            raise BadCheckpointError(f"{path}: this is already an ONNX model (`mimic generate` and `mimic eval` "
+                                     "take it as it is); give the checkpoint a training wrote, such as "
+                                     "RUN/last.pt") from exc
         raise BadCheckpointError(f"{path}: not a readable Mimic checkpoint ({type(exc).__name__}); "
                                  "was it truncated or written by another program?") from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
@@ -42,6 +46,23 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if ckpt.get("version", 0) > VERSION:
         raise BadCheckpointError(f"{path}: written by a newer Mimic (checkpoint version {ckpt['version']})")
     return ckpt
+
+
+# An ONNX ModelProto starts with field 1 (ir_version, a small varint), then another field of the model:
+# producer_name/version, domain, model_version, doc_string, graph, opset_import or metadata_props.
+_ONNX_SECOND_FIELDS = {0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42, 0x72}
+
+
+def _looks_like_onnx(path: Path) -> bool:
+    """By name or by its first bytes, without parsing it (training/ does not need the onnx package)."""
+    if path.suffix.lower() == ".onnx":
+        return True
+    try:
+        with open(path, "rb") as f:
+            head = f.read(3)
+    except OSError:
+        return False
+    return len(head) == 3 and head[0] == 0x08 and 0 < head[1] < 0x80 and head[2] in _ONNX_SECOND_FIELDS
 
 
 def model_from_checkpoint(ckpt: dict[str, Any]) -> tuple[torch.nn.Module, ModelConfig]:

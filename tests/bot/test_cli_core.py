@@ -96,7 +96,7 @@ def test_train_on_a_store_is_speaker_conditioned_and_resume_keeps_the_slots(tmp_
     (None, ["train", "{tmp}/missing.txt", "--steps", "1"], "no such file"),
     ("empty", ["train", "{tmp}/empty.txt", "--steps", "1"], "empty"),
     ("dir", ["train", "{tmp}/adir", "--steps", "1"], "directory"),
-    ("short", ["train", "{tmp}/short.txt", "--steps", "1"], "shorter than one training window"),
+    ("short", ["train", "{tmp}/short.txt", "--steps", "1"], "fewer than one training window"),
     ("short", ["train", "{tmp}/short.txt", "--steps", "1", "--arch", "transformer"], "unknown architecture"),
     ("short", ["train", "{tmp}/short.txt", "--steps", "1", "--speaker-slots", "8"], "--speaker-slots needs --db"),
     ("garbage", ["export", "{tmp}/garbage.pt", "{tmp}/o.onnx"], "not a readable Mimic checkpoint"),
@@ -105,9 +105,14 @@ def test_train_on_a_store_is_speaker_conditioned_and_resume_keeps_the_slots(tmp_
     ("model", ["generate", "{model}", "-temp", "0"], "temperature"),
     ("model", ["generate", "{model}", "-temp", "-1"], "temperature"),
     ("model", ["eval", "{model}", "{tmp}/missing.txt"], "no such file"),
+    ("dir", ["eval", "{model}", "{tmp}/adir"], "adir: is a directory"),
+    ("model", ["eval", "{model}", "/dev/null"], "/dev/null: the file is empty"),
+    ("model", ["generate", "{ckpt}"], "last.pt: this looks like a Mimic checkpoint, not an ONNX model; run `mimic "
+                                      "export"),
+    ("model", ["export", "{model}", "{tmp}/o.onnx"], "model.onnx: this is already an ONNX model"),
     ("long", ["train", "{tmp}/long.txt", "--steps", "1", "--lr", "-1"], "--lr must be a positive number"),
     ("long", ["train", "{tmp}/long.txt", "--steps", "1", "--threads", "0"], "--threads must be at least 1"),
-    ("long", ["train", "{tmp}/long.txt", "--time-budget", "0"], "--time-budget must be positive"),
+    ("long", ["train", "{tmp}/long.txt", "--time-budget", "0"], "--time-budget must be a positive number"),
     ("long", ["train", "{tmp}/long.txt", "--steps", "1", "--layers", "0"], "layers must be at least 1"),
     ("long", ["train", "{tmp}/long.txt", "--steps", "1", "--out", "{tmp}/long.txt/run"], "Not a directory"),
     ("model", ["eval", "{model}", "{tmp}/long.txt", "--json", "{tmp}/long.txt/e.json"], "long.txt"),
@@ -118,7 +123,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, tiny_model: Path, make
     (tmp_path / "short.txt").write_text("tiny")
     (tmp_path / "garbage.pt").write_bytes(b"\x00garbage" * 10)
     (tmp_path / "long.txt").write_text("the quick brown fox jumps over the lazy dog. " * 200)
-    argv = [a.format(tmp=tmp_path, model=tiny_model) for a in args]
+    argv = [a.format(tmp=tmp_path, model=tiny_model, ckpt=tiny_model.parent / "last.pt") for a in args]
     assert_one_line_error(run_cli(*argv), needle)
 
 
@@ -148,14 +153,15 @@ def test_ctrl_c_saves_a_checkpoint_first(tmp_path: Path, repeated_text_file: Pat
     try:
         assert seen.wait(300), b"".join(chunks)  # training is under way
         proc.send_signal(getattr(signal, signame))
-        assert proc.wait(120) == 130
+        assert proc.wait(120) == (143 if signame == "SIGTERM" else 130)
     finally:
         if proc.poll() is None:  # never leave a million-step training behind
             proc.kill()
             proc.wait()
     reader.join(10)
     err = b"".join(chunks).decode(errors="replace")
-    assert "resume with" in err and "Traceback" not in err
+    assert "resume with: mimic train" in err and "Traceback" not in err
+    assert ("terminated" if signame == "SIGTERM" else "interrupted") in err
     assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] >= 1
 
 
@@ -168,3 +174,47 @@ def test_seed_that_is_not_utf8_is_one_line_and_exit_2(tiny_model: Path, capsys: 
 def test_a_seed_may_start_with_a_dash(tiny_model: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["generate", str(tiny_model), "-len", "5", "-seed", "-JON", "-srand", "1"]) == 0
     assert capsys.readouterr().out.startswith("-JON")
+
+
+def test_any_integer_srand_works_taken_modulo_2_64(tiny_model: Path, capsys: pytest.CaptureFixture) -> None:
+    """numpy refuses negative seeds; before this, -srand -1 printed the seed and then a traceback."""
+    assert main(["generate", str(tiny_model), "-len", "40", "-srand", "-1", "-temp", "1.5"]) == 0
+    negative = capsys.readouterr().out
+    assert main(["generate", str(tiny_model), "-len", "40", "-srand", str(2**64 - 1), "-temp", "1.5"]) == 0
+    assert capsys.readouterr().out == negative and len(negative.encode()) >= 40
+
+
+def test_eval_reads_a_fifo_as_train_does(tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """`mimic eval MODEL <(zcat text.gz)` is a pipe: read it, do not call it missing."""
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("needs FIFOs")
+    import threading
+
+    fifo = tmp_path / "text.fifo"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=fifo.write_text, args=("the quick brown fox jumps over the lazy dog. " * 20,),
+                              daemon=True)  # never left blocked on open() should eval not read the FIFO
+    writer.start()
+    try:
+        assert main(["eval", str(tiny_model), str(fifo)]) == 0
+    finally:
+        writer.join(10)
+    assert float(capsys.readouterr().out.split()[0]) < 1.0
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc, where no file can be made")
+def test_export_to_an_unwritable_place_names_the_target(tiny_run: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["export", str(tiny_run / "last.pt"), "/proc/x.onnx"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].endswith(": /proc/x.onnx"), err  # not the temporary /proc/.x.onnx.XXXX
+
+
+@pytest.mark.parametrize("encoding", ["ascii", "latin-1"])
+def test_generate_writes_utf8_whatever_the_locale(tiny_model: Path, encoding: str) -> None:
+    """An emoji seed (and U+FFFD for a byte that is not UTF-8) on a Latin-1 or ASCII stdout used to crash."""
+    args = [sys.executable, "-m", "bot.cli", "generate", str(tiny_model), "-len", "30", "-srand", "3", "-temp", "2",
+            "-seed", "😀 "]
+    runs = {enc: subprocess.run(args, cwd=ROOT, capture_output=True, timeout=300,
+                                env={**os.environ, "PYTHONIOENCODING": enc}) for enc in (encoding, "utf-8")}
+    assert runs[encoding].returncode == 0, runs[encoding].stderr
+    assert runs[encoding].stdout == runs["utf-8"].stdout and runs["utf-8"].stdout.startswith("😀 ".encode())

@@ -221,3 +221,17 @@ assert main(["export", {str(cfg)!r}, {str(weights)!r}, {str(tmp_path / "t.onnx")
     assert proc.returncode == 0, proc.stderr.decode()
     assert len(proc.stdout) == 2 + 10 + 1  # Darknet's default seed "\n\n", ten bytes, "\n"
     assert b"needs torch: pip install 'mimic[train]'" in proc.stderr
+
+
+def test_negative_srand_with_and_without_top_k(tmp_path: Path, capsysbinary) -> None:
+    """Darknet's srand is unsigned: -1 is 2^32 - 1 for its sampler; with --top-k/--top-p Mimic's sampler
+    draws, taking srand modulo 2^64. Neither may fail (numpy's PCG64 refuses negatives)."""
+    net = random_net(hidden=8, layers=1, seed=3)
+    cfg, weights = tmp_path / "r.cfg", tmp_path / "r.weights"
+    cfg.write_text(cfg_for(net))
+    weights.write_bytes(pack_weights(net))
+    args = [cfg, weights, "-seed", "ab", "-len", "60", "-temp", "2"]
+    assert generate(capsysbinary, *args, "-srand", "-1") == generate(capsysbinary, *args, "-srand", str(2**32 - 1))
+    top_k = generate(capsysbinary, *args, "--top-k", "5", "-srand", "-1")
+    assert top_k == generate(capsysbinary, *args, "--top-k", "5", "-srand", str(2**64 - 1)) and len(top_k) == 63
+    assert len(generate(capsysbinary, *args, "--top-p", "0.9", "-srand", "-7")) == 63

@@ -56,3 +56,11 @@ def test_bad_sampling_options(bad: dict) -> None:
 def test_pcg64_stream_is_pinned() -> None:
     """The generator behind srand: these values are the same on every OS, CPU and numpy release."""
     assert [round(make_rng(0).random(), 12)] == [0.636961687321]
+
+
+def test_any_integer_is_a_seed_taken_modulo_2_64() -> None:
+    """numpy's PCG64 refuses negative seeds; -srand -1 must work, as it does for Darknet (an unsigned int)."""
+    first = make_rng(2**64 - 1).random()
+    assert make_rng(-1).random() == first and make_rng(2**65 - 1).random() == first
+    assert make_rng((-1, 3)).random() == make_rng((2**64 - 1, 3)).random()  # tuples too (impersonation drafts)
+    assert make_rng(5).random() == np.random.Generator(np.random.PCG64(5)).random()  # 0 <= srand < 2**64: as given

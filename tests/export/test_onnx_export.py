@@ -9,6 +9,7 @@ from engine.session import ModelSession
 from export.errors import ExportError, ParityError
 from export.onnx_export import export_checkpoint, export_model, model_metadata
 from training.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from training.errors import BadCheckpointError
 from training.models import ModelConfig, build_model
 from training.trainer import TrainConfig, train
 
@@ -193,3 +194,37 @@ def test_parity_allows_the_sources_own_float32_rounding_and_no_more(tmp_path: Pa
     bad = build_onnx(cfg.to_dict(), {**weights, "head.bias": weights["head.bias"] + 0.01}, {}).SerializeToString()
     with pytest.raises(ParityError, match="own float32 rounding moves its logits by 0.0004"):
         check_parity(drifting, bad, cfg.state_rows, cfg.hidden, exact=exact)
+
+
+def test_an_onnx_file_given_as_the_checkpoint_says_so(tmp_path: Path) -> None:
+    """`mimic export model.onnx out.onnx`: recognised by its name, or by its first bytes under another name."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    data = helper.make_model(graph).SerializeToString()
+    for name in ("model.onnx", "model.bin"):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(BadCheckpointError, match=f"{name}: this is already an ONNX model"):
+            load_checkpoint(tmp_path / name)
+    (tmp_path / "junk.pt").write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(BadCheckpointError, match="not a readable Mimic checkpoint"):
+        load_checkpoint(tmp_path / "junk.pt")
+
+
+def test_a_target_that_cannot_be_written_is_named_not_its_temporary_file(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """mkstemp's error names the random temporary file (/proc/.x.onnx.ezxsn2n4); the user gave /proc/x.onnx."""
+    import tempfile
+
+    from training.atomic import write_atomic
+
+    def refuse(prefix: str, dir: Path) -> tuple[int, str]:  # `dir`: the keyword mkstemp is called with
+        raise FileNotFoundError(2, "No such file or directory", str(Path(dir) / f"{prefix}ezxsn2n4"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    target = tmp_path / "x.onnx"
+    with pytest.raises(FileNotFoundError) as info:
+        write_atomic(target, b"data")
+    assert info.value.filename == str(target) and info.value.errno == 2
