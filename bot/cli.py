@@ -11,20 +11,56 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Sequence
+from typing import NoReturn
 
 from bot import cli_core, cli_data, cli_models, cli_serve
-from bot.errors import ConfigError, UsageError
+from bot.errors import ConfigError, ConnectError, UsageError
 from engine.errors import EngineError
 from export.errors import ExportError
 from training.errors import TrainingError
 
 # Our own error roots: a bad input or setting, reported as one line and exit code 2. Anything else is a
 # bug and keeps its traceback. (The errors modules are plain Python, so importing them costs no torch.)
-USER_ERRORS = (ConfigError, UsageError, EngineError, TrainingError, ExportError)
+USER_ERRORS = (ConfigError, UsageError, ConnectError, EngineError, TrainingError, ExportError)
+
+
+class MimicParser(argparse.ArgumentParser):
+    """argparse with our error format: one line on stderr, `mimic: ...`, exit code 2, naming the (sub)command
+    whose --help tells more. add_subparsers() builds subcommands with the parser's own class, so they get it too."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"mimic: {' '.join(message.split())} (see `{self.prog} --help`)\n")
+
+    def parse_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                   namespace: argparse.Namespace | None = None) -> argparse.Namespace:
+        # argparse reports a subcommand's unknown flags from the top parser, with the top-level usage: report
+        # them from the subcommand that was given them, whose --help lists what it takes.
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            self.chosen(parsed).error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed
+
+    def subcommands(self) -> list[tuple[str, dict[str, argparse.ArgumentParser]]]:
+        """(dest, {name: parser}) of each add_subparsers() group of this parser."""
+        return [(a.dest, a.choices) for a in self._actions if isinstance(a, argparse._SubParsersAction)]
+
+    def chosen(self, parsed: argparse.Namespace) -> argparse.ArgumentParser:
+        """The innermost subcommand parser `parsed` went through (`mimic history slack`'s), else this one."""
+        for dest, choices in self.subcommands():
+            sub = choices.get(getattr(parsed, dest, None))
+            if isinstance(sub, MimicParser):
+                return sub.chosen(parsed)
+        return self
+
+    def leaves(self) -> list[MimicParser]:
+        """The parsers of the commands that take no further subcommand (`stats`, `history slack`, ...)."""
+        subs = [p for _, choices in self.subcommands() for p in dict.fromkeys(choices.values())]
+        return [leaf for p in subs if isinstance(p, MimicParser) for leaf in p.leaves()] if subs else [self]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = MimicParser(
         prog="mimic",
         description="Learn how a team talks; write a message the way one of its members would.",
     )
@@ -32,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in (cli_core, cli_data, cli_serve, cli_models):
         module.register(sub)
+    for leaf in parser.leaves():
+        # `mimic stats -v` as well as `mimic -v stats`. Hidden, so every --help reads as before; its own dest,
+        # as a subcommand's value would replace the top-level count (main adds the two).
+        leaf.add_argument("-v", "--verbose", dest="verbose_after", action="count", default=argparse.SUPPRESS,
+                          help=argparse.SUPPRESS)
     return parser
 
 
@@ -61,6 +102,7 @@ def _terminate(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(_glue_seed(sys.argv[1:] if argv is None else argv))
+    args.verbose += vars(args).pop("verbose_after", 0)
     on_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if on_main_thread else None
     try:

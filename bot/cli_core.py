@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import math
 import os
 import signal
 import sys
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from bot.errors import UsageError
 
 DARKNET_SEED = "\n\n"  # examples/rnn.c's default -seed
 MIMIC_SEED = "\n"  # a record boundary: where a Mimic model's text starts
+
+log = logging.getLogger("bot.eval")
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
@@ -115,13 +118,14 @@ def run_export(args: argparse.Namespace) -> int:
 
     if len(args.paths) != 2:
         raise UsageError("usage: mimic export CKPT OUT.onnx")
-    if args.db:  # a chat model as `mimic train --db` exports it: copy index and voice memory beside it
+    if args.db is not None:  # a chat model as `mimic train --db` exports it: copy index and voice memory beside it
         from bot.jobs import chat_store_data, export_for_serving
 
-        if not Path(args.db).is_file():
-            raise UsageError(f"{args.db}: no such message store")
-        path = export_for_serving(chat_store_data(args.db), args.paths[0], args.paths[1])
-        print(f"mimic: wrote {path}, its copy index and voice memory (from {args.db})", file=sys.stderr)
+        db = Path(args.db) if args.db else config_storage(args.config).database_path  # bare --db: the config's
+        if not db.is_file():
+            raise UsageError(f"{db}: no such message store")
+        path = export_for_serving(chat_store_data(db), args.paths[0], args.paths[1])
+        print(f"mimic: wrote {path}, its copy index and voice memory (from {db})", file=sys.stderr)
         return 0
     report = export_checkpoint(args.paths[0], args.paths[1])
     print(f"mimic: wrote {report.path} (parity max |diff| {report.max_abs_diff:.2g})", file=sys.stderr)
@@ -189,33 +193,61 @@ def run_eval(args: argparse.Namespace) -> int:
     from bot import eval_report, evaluation
 
     text_path = args.text or args.file
-    if not args.model and not args.plot:
-        raise UsageError("usage: mimic eval MODEL (FILE | --text FILE | --db PATH), or mimic eval --plot RUN_DIR")
     if args.png and not args.plot:
         raise UsageError("--png goes with --plot RUN_DIR")
-    if args.model and bool(text_path) == bool(args.db):
+    if text_path and args.db:
         raise UsageError("give one of: a text FILE, --text FILE or --db PATH (a message store)")
     if args.plot:
         from bot.plot import plot_training_curve
 
         print(f"mimic: wrote {plot_training_curve(args.plot, args.png)}", file=sys.stderr)
-    if not args.model:
-        return 0
+        if not (args.model or text_path or args.db):  # --plot alone only draws
+            return 0
     if args.json:
         _check_writable(args.json)
-    if args.db:
+    model = eval_model_file(args)
+    if text_path:
+        report = evaluation.evaluate_text(model, text_path)
+        print(eval_report.format_text_report(report))
+    else:
         cfg = evaluation.EvalConfig(samples=args.samples, min_messages=args.min_messages,
                                     max_speakers=args.max_speakers, srand=args.srand, temperature=args.temp,
                                     context=args.context, valid_fraction=args.valid_fraction, show=args.show,
                                     voice=not args.no_voice, style=not args.no_style, drafts=args.drafts)
-        report = evaluation.evaluate_chat(args.model, args.db, cfg)
+        report = evaluation.evaluate_chat(model, args.db or config_storage(args.config).database_path, cfg)
         print(eval_report.format_chat_report(report))
-    else:
-        report = evaluation.evaluate_text(args.model, text_path)
-        print(eval_report.format_text_report(report))
     if args.json:
         eval_report.write_json(report, args.json)
     return 0
+
+
+def config_storage(config: str | None) -> Any:
+    """The [storage] of --config (else $MIMIC_CONFIG, else the defaults): where the bots' store and models are.
+    Read only when a path was left out, so a broken config never stops a command given every path."""
+    from bot.config import load_settings
+
+    return load_settings(config, os.environ).storage
+
+
+def eval_model_file(args: argparse.Namespace) -> Path:
+    """The .onnx file `mimic eval` reads: MODEL, else the config's [storage] model; a registry folder (what
+    `mimic retrain` writes and the bots serve) stands for its current version."""
+    path = Path(args.model) if args.model else config_storage(args.config).model_path
+    if not args.model and not path.exists():
+        raise UsageError(f"{path}: no model here yet (the config's [storage] model); give MODEL, or train one "
+                         "with `mimic retrain`")
+    if not path.is_dir():
+        return path  # a file, or a path the model loader reports as missing
+    from export.registry import Registry
+
+    registry = Registry.open(path)  # the registry's own reading of `current`: one line when there is none
+    version = registry.current()
+    if version is None:
+        raise UsageError(f"{path}: no current version to evaluate ({registry.pointer_problem()}); see "
+                         "`mimic models list`, or give MODEL as an .onnx file")
+    model = registry.model_path(version)
+    log.info("evaluating version %s, current in %s (%s)", version, path, model)
+    return model
 
 
 def _check_writable(path: str) -> None:
@@ -240,8 +272,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "CKPT OUT.weights --darknet (writes OUT.weights and OUT.cfg for Darknet)")
     p.add_argument("paths", nargs="+", metavar="PATH", help="CKPT OUT.onnx, or CFG WEIGHTS OUT.onnx")
     p.add_argument("--darknet", action="store_true", help="write a darknet-rnn checkpoint as Darknet .weights + .cfg")
-    p.add_argument("--db", metavar="PATH", help="the message store a chat model was trained on: also write its copy "
-                                                "index and voice memory, as `mimic train --db` does")
+    p.add_argument("--db", metavar="PATH", nargs="?", const="",
+                   help="the message store a chat model was trained on: also write its copy index and voice memory, "
+                        "as `mimic train --db` does (--db alone: [storage] of the config, else data/mimic.db)")
+    p.add_argument("--config", metavar="PATH", help="a config.toml for --db alone (default: $MIMIC_CONFIG, else "
+                                                    "built-in defaults)")
     p.set_defaults(run=run_export)
 
     p = sub.add_parser("generate", help="generate text from a model (Darknet's rnn generate)")
@@ -261,12 +296,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a model: bits/char, speaker fidelity, novelty, a Markov baseline",
                        description="MODEL FILE (or --text FILE): bits per character on a text. MODEL --db PATH: "
                                    "held-out bits/char overall and per speaker, speaker fidelity and novelty of "
-                                   "generated messages next to a per-speaker Markov chain. --plot RUN_DIR: the "
-                                   "training curve as a PNG. Needs the eval extra: pip install 'mimic[eval]'.")
-    p.add_argument("model", nargs="?", metavar="MODEL", help="an .onnx model")
+                                   "generated messages next to a per-speaker Markov chain; without --db, the "
+                                   "config's store, and without MODEL, its models. --plot RUN_DIR: the training "
+                                   "curve as a PNG. Needs the eval extra: pip install 'mimic[eval]'.")
+    p.add_argument("model", nargs="?", metavar="MODEL", help="an .onnx model, or a model registry folder (its "
+                   "current version) (default: [storage] model of the config, else data/models)")
     p.add_argument("file", nargs="?", metavar="FILE", help="a text file")
     p.add_argument("--text", metavar="FILE", help="same as FILE")
-    p.add_argument("--db", metavar="PATH", help="the message store the model was trained on (mimic train --db)")
+    p.add_argument("--db", metavar="PATH", help="the message store the model was trained on (default without FILE "
+                                                "or --text: [storage] of the config, else data/mimic.db)")
+    p.add_argument("--config", metavar="PATH", help="a config.toml (default: $MIMIC_CONFIG, else built-in defaults)")
     p.add_argument("--json", metavar="OUT", help="also write the full report as JSON")
     p.add_argument("--samples", type=int, default=30, metavar="M", help="messages generated per speaker (default 30)")
     p.add_argument("--min-messages", type=int, default=10, metavar="N",

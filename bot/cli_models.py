@@ -12,6 +12,7 @@ import json
 import math
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from bot.errors import ConfigError, UsageError
@@ -66,16 +67,37 @@ def run_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _servable(model_path: Path) -> None:
+    """Refuse a version the bots could not serve, before `current` moves: load it as they do (the engine
+    only, no torch), so a broken or incomplete version is a one-line error here, not a log line in every bot."""
+    from engine.errors import ModelLoadError, damage
+    from engine.model_source import load_model
+
+    try:
+        load_model(model_path)
+    except ModelLoadError as exc:
+        raise UsageError(f"version {model_path.parent.name} cannot be served ({exc}); `current` is unchanged") from exc
+    except Exception as exc:  # a damaged file the engine did not foresee: still the version's fault
+        raise UsageError(f"version {model_path.parent.name} cannot be served ({damage(exc)}); "
+                         "`current` is unchanged") from exc
+
+
+def _picked_up(args: argparse.Namespace) -> str:
+    """When running bots serve the new pointer: they check it every [storage] watch_seconds."""
+    return f"running bots pick it up within {_settings(args).storage.watch_seconds:g} s"
+
+
 def run_promote(args: argparse.Namespace) -> int:
-    previous = _registry(args).promote(args.version, "promoted by hand (mimic models promote)")
-    print(f"mimic: now serving {args.version}" + (f" (was {previous})" if previous and previous != args.version
-                                                  else ""), file=sys.stderr)
+    previous = _registry(args).promote(args.version, "promoted by hand (mimic models promote)", check=_servable)
+    was = f" (was {previous})" if previous and previous != args.version else ""
+    print(f"mimic: promoted {args.version}{was}; {_picked_up(args)}", file=sys.stderr)
     return 0
 
 
 def run_rollback(args: argparse.Namespace) -> int:
-    now, was = _registry(args).rollback("rolled back by hand (mimic models rollback)")
-    print(f"mimic: rolled back to {now}" + (f" (was {was})" if was else ""), file=sys.stderr)
+    now, was = _registry(args).rollback("rolled back by hand (mimic models rollback)", check=_servable)
+    print(f"mimic: rolled back to {now}" + (f" (was {was})" if was else "") + f"; {_picked_up(args)}",
+          file=sys.stderr)
     return 0
 
 
@@ -182,7 +204,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     _common(a)
     a.add_argument("--json", action="store_true", help="a JSON list of versions with their manifest fields")
     a.set_defaults(run=run_list)
-    a = actions.add_parser("promote", help="serve VERSION now (the bots pick it up without a restart)")
+    a = actions.add_parser("promote", help="serve VERSION (checked to load first; the bots pick it up without "
+                                           "a restart)")
     a.add_argument("version", metavar="VERSION")
     _common(a)
     a.set_defaults(run=run_promote)

@@ -148,7 +148,18 @@ def _check_secrets(platform: str, settings: Settings) -> None:
         require(settings.discord.token, "DISCORD_TOKEN", "the Discord bot logs in with it")
 
 
+def check_temperature(temp: float | None) -> None:
+    """The config's range for [generation] temperature, for `-temp` too: above it every message is noise.
+    (`mimic generate` keeps Darknet's freedom; impersonation writes as a person.)"""
+    from bot.config import MAX_TEMPERATURE
+
+    if temp is not None and not 0 < temp <= MAX_TEMPERATURE:
+        raise UsageError(f"-temp must be in (0, {MAX_TEMPERATURE:g}], as [generation] temperature in the config "
+                         f"(got {temp:g})")
+
+
 def run_impersonate(args: argparse.Namespace) -> int:
+    check_temperature(args.temp)  # before the model is loaded
     settings = load(args)
     commands, gate, _ = build_commands(settings, watch=False, one_shot=True)
     try:

@@ -32,7 +32,7 @@ from bot.config import Settings
 from bot.errors import ConfigError, UsageError
 from bot.forget import forget_in_models
 from bot.ratelimit import Clock, RateLimits
-from engine.errors import EngineError, ModelLoadError, OptedOutError, UnknownSpeakerError
+from engine.errors import EngineError, ModelLoadError, OptedOutError, UnknownSpeakerError, damage
 from engine.impersonate import ImpersonationConfig
 from engine.model_source import ModelHolder
 from engine.service import ImpersonationService
@@ -51,6 +51,8 @@ _WHO_LINES = 40
 _PERSON = re.compile(r'^\s*(<@!?[A-Za-z0-9]+(?:\|[^>]*)?>|"[^"]+"|\S+)\s*(.*)$', re.DOTALL)
 _MENTION = re.compile(r"^<@!?(?P<id>[A-Za-z0-9]+)(?:\|(?P<label>[^>]*))?>$")
 _WORD = re.compile(r"\S+")
+# Bidi embeddings, overrides and isolates (U+202A-U+202E, U+2066-U+2069) and marks (LRM, RLM, ALM).
+_BIDI = re.compile("[\u202a-\u202e\u2066-\u2069\u200e\u200f\u061c]")
 # An unquoted name may run over this many words ("King Edward hello": "King Edward", then the opening words).
 MAX_NAME_WORDS = 6
 
@@ -152,15 +154,25 @@ class ModelGate:
                 raise ModelLoadError(self._failed[1])
             try:
                 holder = ModelHolder.open(self.path, threads=self.threads)
-            except ModelLoadError as exc:
-                self._failed = (now, f"no model loaded yet ({exc}); train one with `mimic train --db ...` "
-                                     "and it is picked up without a restart")
+            except Exception as exc:  # a damaged file of any kind: retried like a missing one, not per request
+                why = str(exc) if isinstance(exc, ModelLoadError) else damage(exc)
+                if not isinstance(exc, ModelLoadError):  # unforeseen: keep its traceback
+                    log.exception("loading the model at %s failed", self.path)
+                self._failed = (now, f"no model loaded yet ({why}); {self._how_to_get_one()}")
                 raise ModelLoadError(self._failed[1]) from exc
             if self.watch_seconds:
                 holder.watch(self.watch_seconds)
             self._service = ImpersonationService(holder, self.cfg, self.batch_window, self.max_rows)
             self._failed = None
             return self._service
+
+    def _how_to_get_one(self) -> str:
+        """The hint after "no model loaded yet": what writes a model where this bot looks for one."""
+        if self.path.suffix.lower() == ".onnx":  # one file: `mimic retrain` writes registries only
+            return (f"export one there with `mimic export CKPT {self.path} --db ...` and it is picked up "
+                    "without a restart")
+        return ("train one with `mimic retrain` (or promote a version with `mimic models promote`) and it is "
+                "picked up without a restart")
 
     def loaded(self) -> ImpersonationService | None:
         """The service if a model is loaded (tries once, never raises): for health logs."""
@@ -262,9 +274,12 @@ class Commands:
 
     def _prompt_too_long(self, inv: Invocation, prompt: str) -> Reply | None:
         if len(prompt) > self.settings.limits.max_prompt_chars:
-            return self._private(inv, f"the opening words are too long ({len(prompt)} characters; at most "
-                                      f"{self.settings.limits.max_prompt_chars}).")
+            return self._private(inv, self._too_long(prompt))
         return None
+
+    def _too_long(self, prompt: str) -> str:
+        return (f"the opening words are too long ({len(prompt)} characters; at most "
+                f"{self.settings.limits.max_prompt_chars}).")
 
     def handle(self, inv: Invocation) -> Reply:
         """Run one command. Never raises: every failure is a private reply to the requester."""
@@ -287,6 +302,8 @@ class Commands:
     def write_as(self, person: str, prompt: str | None = None, *, platform: str = CONSOLE,
                  temperature: float | None = None, srand: int | None = None) -> Reply:
         """One message as `person`, not rate limited; raises the user error to show (for the CLI)."""
+        if prompt and len(prompt) > self.settings.limits.max_prompt_chars:  # as the chat command: one rule
+            raise UsageError(self._too_long(prompt))
         service = self._service()
         speaker, user = self._resolve(platform, person, service)
         return self._generate(service, platform, speaker, user, prompt, temperature, srand)
@@ -364,8 +381,9 @@ class Commands:
             raise OptedOutError(f"{shown_name(user, Speaker(query, 0))} has opted out of being impersonated, sorry.")
         model = service.holder.get()
         if not len(model.speakers):
-            raise UnknownSpeakerError("this model was trained on plain text and knows no people; "
-                                      "train it on a chat store (mimic train --db ...)")
+            raise UnknownSpeakerError("this model was trained on plain text and knows no people; train one on a "
+                                      "chat store with `mimic retrain` (served from the model registry), or with "
+                                      "`mimic train --db PATH` and serve it with `--model runs/.../model.onnx`")
         speaker = next((sp for form in name_forms(query) if (sp := model.speakers.find(form)) is not None), None)
         if speaker is None:
             if user is not None:
@@ -511,12 +529,16 @@ class Commands:
 
     def _plain(self, platform: str, prompt: str) -> str:
         """The opening words as the model saw text in training: the same normalisation as the corpus (Slack's
-        escapes undone, mention tokens as @names), so a prompt reads like the chat the model learned."""
+        escapes undone, mention tokens as @names), so a prompt reads like the chat the model learned; and
+        without bidi controls, which would let a requester make a post under a colleague's name display
+        reversed or reordered (only here: people's own messages keep theirs)."""
         if platform == "slack":
-            return normalize.slack_text(prompt, self._name_of(platform))
-        if platform == "discord":
-            return normalize.discord_text(prompt, self._name_of(platform))
-        return normalize.clean_text(prompt)
+            text = normalize.slack_text(prompt, self._name_of(platform))
+        elif platform == "discord":
+            text = normalize.discord_text(prompt, self._name_of(platform))
+        else:
+            text = normalize.clean_text(prompt)
+        return _BIDI.sub("", text).strip()
 
     # ---- replies ------------------------------------------------------------------------------------------
 

@@ -26,6 +26,8 @@ from bot.errors import ConfigError, SecretInConfigError
 PLATFORMS = ("slack", "discord", "console")
 PUBLIC = "public"  # in a channel list: every public channel (the bot must still be in it to hear it)
 PUBLIC_KINDS = frozenset({"public", "thread"})  # a "thread" is a public thread; private ones are "private"
+# Above this the sampler writes noise, not a person's messages; `mimic impersonate -temp` has the same bound.
+MAX_TEMPERATURE = 5.0
 
 # Setting name -> the environment variable it comes from. Never in the file.
 SECRET_ENV = {
@@ -123,7 +125,7 @@ class GenerationSettings:
 
     def __post_init__(self) -> None:
         checks = (
-            ("temperature", 0 < self.temperature <= 5, "must be in (0, 5]"),
+            ("temperature", 0 < self.temperature <= MAX_TEMPERATURE, f"must be in (0, {MAX_TEMPERATURE:g}]"),
             ("top_k", self.top_k >= 0, "must be 0 (off) or more"),
             ("top_p", 0 < self.top_p <= 1, "must be in (0, 1]"),
             ("max_chars", self.max_chars >= 1, "must be at least 1"),

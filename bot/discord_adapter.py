@@ -29,6 +29,7 @@ from discord.ext import commands as ext
 from bot.capture import Capture
 from bot.commands import Commands, Invocation, Reply
 from bot.config import Settings
+from bot.errors import ConfigError, ConnectError
 from bot.safety import discord_username
 from training.discord_objects import channel_kind, channel_record, dce_message  # shared with history_discord
 
@@ -281,6 +282,16 @@ class MimicDiscordBot(ext.Bot):
         self._session = session
         self._owns_session = session is None
         self.webhooks: WebhookCache | None = None
+
+    async def login(self, token: str) -> None:
+        """discord.py's login (then setup_hook), failing in one line that names it, as `mimic history discord`
+        does: a bare resolver error ("Name or service not known") does not say that Discord was being reached."""
+        try:
+            await super().login(token)
+        except discord.LoginFailure as exc:
+            raise ConfigError("Discord refused the bot token (HTTP 401 Unauthorized); check DISCORD_TOKEN") from exc
+        except (aiohttp.ClientError, OSError) as exc:  # no network, DNS, TLS, a timeout (TimeoutError is one)
+            raise ConnectError(f"Discord login: cannot connect ({exc or type(exc).__name__})") from exc
 
     async def setup_hook(self) -> None:
         if self._session is None:

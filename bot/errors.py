@@ -4,6 +4,7 @@ ConfigError          a setting is missing or invalid (names the key)
  └── SecretInConfigError   a secret was written into the config file
 UsageError           a command was used wrongly (unknown command, missing argument, not allowed)
  └── RateLimitedError      slow down
+ConnectError         a chat platform could not be reached (no network, a wrong SLACK_API_URL): names the call
 """
 
 
@@ -20,4 +21,8 @@ class UsageError(Exception):
 
 
 class RateLimitedError(UsageError):
+    pass
+
+
+class ConnectError(Exception):
     pass

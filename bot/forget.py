@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from engine.errors import ModelLoadError
 from engine.voice import forget_speaker, voice_path_for
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,6 @@ def forget_in_models(model_path: str | Path, speaker: str) -> int:
     for memory in voice_memories(model_path):
         try:
             changed += forget_speaker(memory, speaker)
-        except (OSError, ValueError, KeyError) as exc:  # one unreadable file must not stop the rest
+        except (OSError, ModelLoadError) as exc:  # one unreadable file must not stop the rest
             log.error("%s: could not remove %s from this voice memory (%s)", memory, speaker, exc)
     return changed

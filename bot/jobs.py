@@ -89,14 +89,25 @@ def train_and_export(data: TrainingData, model_cfg: Any, train_cfg: Any, out_dir
 
 def export_for_serving(data: TrainingData, checkpoint: str | Path, onnx_path: str | Path) -> Path:
     """The export half of `train_and_export` on its own (parity-checked ONNX, plus the copy index and the
-    voice memory for chat data), so the retraining job can tell a failed export from a failed training run."""
+    voice memory for chat data), so the retraining job can tell a failed export from a failed training run.
+
+    The model is exported (and parity-checked) beside its final name, the copy index and voice memory are
+    written next, and the model is renamed into place last: a bot serving `onnx_path` reloads when any of the
+    three changes, and must never pick up a new model with the old model's files beside it."""
     from export.onnx_export import export_checkpoint
 
-    report = export_checkpoint(checkpoint, onnx_path)
-    if data.messages is not None:
-        from engine.copyindex import build_copy_index, index_path_for
-        from engine.voice import build_voice_memory, voice_path_for
+    final = Path(onnx_path)
+    if data.messages is None:
+        return export_checkpoint(checkpoint, final).path
+    from engine.copyindex import build_copy_index, index_path_for
+    from engine.voice import build_voice_memory, voice_path_for
 
-        build_copy_index((text for _, text in data.messages()), index_path_for(report.path))
-        build_voice_memory(data.messages(), voice_path_for(report.path), data.info["line_break"])
-    return report.path
+    staged = final.with_name(f".{final.stem}.exporting.onnx")
+    try:
+        export_checkpoint(checkpoint, staged)
+        build_copy_index((text for _, text in data.messages()), index_path_for(final))
+        build_voice_memory(data.messages(), voice_path_for(final), data.info["line_break"])
+        staged.replace(final)
+    finally:
+        staged.unlink(missing_ok=True)
+    return final

@@ -378,7 +378,7 @@ def score_model(model_path: Path, eval_bytes: bytes, index: Any, speakers: list[
     from engine.sampling import SamplingConfig
     from training.speaker_slots import speaker_ids
 
-    model = load_model(model_path)
+    model = load_model(model_path, require_copy_index=False)  # scored, not served: `index` is given
     slots = model.speakers.slots()  # a speaker-conditioned model reads the slice as it was trained: writers' slots
     bpc = bits_per_char(model.session, eval_bytes, speakers=speaker_ids(eval_bytes, slots) if slots else None)
     people = [sp for sp in (model.speakers.find(s) for s in speakers) if sp is not None]

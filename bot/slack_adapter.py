@@ -12,18 +12,20 @@ chat.postEphemeral for mentions. Nothing is created at import; `build_app` is th
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import socketserver
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from slack_bolt import App
+from slack_bolt.error import BoltError
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
@@ -31,7 +33,7 @@ from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 from bot.capture import SLACK_CHANNEL_KINDS, Capture
 from bot.commands import Commands, Invocation, Reply
 from bot.config import Settings
-from bot.errors import ConfigError
+from bot.errors import ConfigError, ConnectError
 
 log = logging.getLogger(__name__)
 
@@ -162,14 +164,39 @@ def check_secrets(settings: Settings, client: WebClient | None = None) -> None:
         raise ConfigError("; ".join(problems))
 
 
+@contextlib.contextmanager
+def reaching(method: str, token_env: str) -> Iterator[None]:
+    """A start-up call to Slack, failing in one line that names it, as `mimic history slack` does: "cannot
+    connect" (no network, a wrong SLACK_API_URL) or Slack's refusal. The SDK logs an ERROR line of its own for
+    each failed attempt; those are held back meanwhile, as the one line says it all."""
+    sdk_log = logging.getLogger("slack_sdk")
+    level = sdk_log.level
+    sdk_log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    except OSError as exc:  # urllib's URLError too: DNS, a closed port, TLS, a timeout
+        raise ConnectError(f"Slack API {method}: cannot connect ({getattr(exc, 'reason', None) or exc})") from exc
+    except (SlackApiError, BoltError) as exc:
+        # Bolt turns auth.test's SlackApiError into a BoltError that prints the whole response: say its code
+        api = exc if isinstance(exc, SlackApiError) else exc.__context__
+        if not isinstance(api, SlackApiError):
+            raise
+        raise ConfigError(f"Slack API {method} failed: {api.response.get('error') or api}; "
+                          f"check {token_env}") from exc
+    finally:
+        sdk_log.setLevel(level)
+
+
 def build_app(settings: Settings, commands: Commands, client: WebClient | None = None,
               capture: Capture | None = None) -> App:
-    """The Bolt app with Mimic's listeners. HTTP mode needs the signing secret; Socket Mode the app token."""
+    """The Bolt app with Mimic's listeners. HTTP mode needs the signing secret; Socket Mode the app token.
+    Bolt checks the bot token with auth.test here, so this is where Slack is first reached."""
     check_secrets(settings, client)
     client = client or make_client(settings)
-    app = App(client=client, signing_secret=settings.slack.signing_secret,
-              request_verification_enabled=not settings.slack.socket_mode,
-              listener_executor=ThreadPoolExecutor(LISTENER_THREADS, thread_name_prefix="mimic-slack"))
+    with reaching("auth.test", "SLACK_BOT_TOKEN"):
+        app = App(client=client, signing_secret=settings.slack.signing_secret,
+                  request_verification_enabled=not settings.slack.socket_mode,
+                  listener_executor=ThreadPoolExecutor(LISTENER_THREADS, thread_name_prefix="mimic-slack"))
     channels = ChannelDirectory(client)
     register(app, settings, commands, channels, capture)
     return app
@@ -274,8 +301,15 @@ def run(app: App, settings: Settings) -> None:
     if settings.slack.socket_mode:
         from slack_bolt.adapter.socket_mode import SocketModeHandler
 
-        log.info("slack: Socket Mode")
-        SocketModeHandler(app, settings.slack.app_token, web_client=app.client).start()
+        handler = SocketModeHandler(app, settings.slack.app_token, web_client=app.client)
+        try:
+            with reaching("apps.connections.open", "SLACK_APP_TOKEN"):
+                handler.connect()
+        except BaseException:
+            handler.close()
+            raise
+        log.info("slack: Socket Mode, connected")
+        threading.Event().wait()  # what handler.start() does after connecting: the SDK's threads serve
         return
     server = http_server(app, settings.slack.port)
     log.info("slack: HTTP mode on port %d, path %s", settings.slack.port, EVENTS_PATH)

@@ -13,9 +13,14 @@ per request is out of the question, so:
 * The hash of each whole message (after normalisation) catches exact copies of short messages.
 
 The index is one .npy file of uint64: [MAGIC, n_windows, n_messages, sorted window hashes..., sorted message
-hashes...], memory-mapped at load, so a million-message corpus costs a binary search per window. Indexes
-written before whitespace was normalised start with n_windows instead of MAGIC; they are still read, and
-checked against the text as it is.
+hashes...], so a million-message corpus costs a binary search per window. Indexes written before whitespace
+was normalised start with n_windows instead of MAGIC; they are still read, and checked against the text as it
+is.
+
+The index is read into memory at load, not memory-mapped: a map dies with SIGBUS (the whole bot, nothing
+logged) when the file under it is truncated or rewritten in place (`cp new.npy model.copyindex.npy`), and the
+index is small next to the model's other state (8 bytes a window: about 2 MB for 20,000 messages, tens of MB
+for a million; reading 80 MB takes a fraction of a second, once per load).
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
+
+from engine.errors import ModelLoadError, damage
 
 WINDOW = 33
 STRIDE = 8
@@ -111,12 +118,15 @@ class CopyIndex:
     """The loaded index; `copies(text)` says whether a generated message repeats a training one."""
 
     def __init__(self, path: str | Path):
-        data = np.load(path, mmap_mode="r")
-        self.normalised = int(data[0]) == MAGIC
+        data = _read(path)
+        self.normalised = len(data) > 0 and int(data[0]) == MAGIC
         start = 1 if self.normalised else 0
-        n_windows, n_messages = int(data[start]), int(data[start + 1])
+        n_windows, n_messages = (int(data[start]), int(data[start + 1])) if len(data) >= start + 2 else (-1, -1)
+        if start + 2 + n_windows + n_messages != len(data):  # a truncated or foreign file
+            raise ModelLoadError(f"{path}: not a copy index written by Mimic (its sizes do not add up); "
+                                 "rebuild it with `mimic export CKPT OUT.onnx --db PATH`")
         self.windows = data[start + 2:start + 2 + n_windows]
-        self.messages = data[start + 2 + n_windows:start + 2 + n_windows + n_messages]
+        self.messages = data[start + 2 + n_windows:]
 
     @staticmethod
     def _contains(sorted_hashes: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -135,6 +145,21 @@ class CopyIndex:
 
     def __len__(self) -> int:
         return len(self.messages)
+
+
+def _read(path: str | Path) -> np.ndarray:
+    """The whole file as uint64, in memory (see the module docstring for why not mapped). Any failure to parse
+    it is a damaged file: numpy raises ValueError, EOFError, tokenize errors and more for the same thing."""
+    try:
+        with open(path, "rb") as f:
+            data = np.load(f, allow_pickle=False)
+    except Exception as exc:  # every way a damaged .npy fails to parse means the same thing
+        raise ModelLoadError(f"{path}: unreadable copy index ({damage(exc)}); rebuild it with "
+                             "`mimic export CKPT OUT.onnx --db PATH`") from exc
+    if data.ndim != 1 or data.dtype != np.uint64:
+        raise ModelLoadError(f"{path}: not a copy index written by Mimic; rebuild it with "
+                             "`mimic export CKPT OUT.onnx --db PATH`")
+    return data
 
 
 def index_path_for(model_path: str | Path) -> Path:

@@ -36,3 +36,10 @@ class OptedOutError(SpeakerError):
 
 class TooFewMessagesError(SpeakerError):
     pass
+
+
+def damage(exc: BaseException) -> str:
+    """One line for why a file could not be parsed: the error's type (BadZipFile, EOFError, ...) says more
+    than numpy's or zipfile's message alone, which may run over several lines."""
+    first = (str(exc).strip().splitlines() or [""])[0][:160]
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__

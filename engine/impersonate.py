@@ -128,8 +128,9 @@ def rejection(model: LoadedModel, prompt: str | None, text: str) -> str | None:
 def resolve_speaker(model: LoadedModel, query: str, cfg: ImpersonationConfig,
                     opted_out: frozenset[str] = frozenset()) -> Speaker:
     if not len(model.speakers):
-        raise NoSpeakersError("this model was trained on plain text and knows no speakers; "
-                              "train it on a chat store (mimic train --db ...)")
+        raise NoSpeakersError("this model was trained on plain text and knows no speakers; train one on a "
+                              "chat store with `mimic retrain` (served from the model registry), or with "
+                              "`mimic train --db PATH` and serve it with `--model runs/.../model.onnx`")
     return model.speakers.resolve(query, opted_out=opted_out, min_messages=cfg.min_messages)
 
 

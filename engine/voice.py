@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.errors import ModelLoadError
+from engine.errors import ModelLoadError, damage
 from engine.ranges import ranges
 from engine.style import StyleRanker, build_style, without_speaker
 
@@ -136,9 +136,12 @@ def forget_speaker(path: str | Path, name: str) -> bool:
     whether they were in it. `mimic forget` calls this for every memory on disk: unlike the network's weights,
     a voice memory holds a person's own words."""
     path = Path(path)
-    with np.load(path, allow_pickle=False) as f:
-        keys, nexts, names, limit = f["keys"], f["next"], f["names"].tolist(), int(f["limit"])
-        style = {k: f[k] for k in f.files if k.startswith("style_")}
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            keys, nexts, names, limit = f["keys"], f["next"], f["names"].tolist(), int(f["limit"])
+            style = {k: f[k] for k in f.files if k.startswith("style_")}
+    except Exception as exc:  # damaged: one line naming it, so `forget` goes on with the other memories
+        raise ModelLoadError(f"{path}: unreadable voice memory ({damage(exc)})") from exc
     if name not in names:
         return False
     sid = names.index(name)
@@ -154,13 +157,19 @@ class VoiceMemory:
     def __init__(self, path: str | Path):
         try:
             with np.load(path, allow_pickle=False) as f:
-                self.keys, self.next, names, self.limit = f["keys"], f["next"], f["names"], int(f["limit"])
-                self.table = (f["table_keys"], f["table_offsets"], f["table_next"], f["table_count"])
-                # A memory written before the style ranker existed has none: drafts are then ranked by the
-                # memory alone.
-                self.style = StyleRanker(f) if "style_keys" in f.files else None
-        except (OSError, ValueError, KeyError) as exc:
-            raise ModelLoadError(f"{path}: unreadable voice memory ({exc})") from exc
+                arrays = {name: f[name] for name in f.files}  # reads (and CRC-checks) every member now
+        except Exception as exc:  # a damaged .npz fails in many ways (BadZipFile, EOFError, zlib.error, ...)
+            raise ModelLoadError(f"{path}: unreadable voice memory ({damage(exc)})") from exc
+        try:
+            self.keys, self.next, names = arrays["keys"], arrays["next"], arrays["names"]
+            self.limit = int(arrays["limit"])
+            self.table = (arrays["table_keys"], arrays["table_offsets"], arrays["table_next"], arrays["table_count"])
+            # A memory written before the style ranker existed has none: drafts are then ranked by the
+            # memory alone.
+            self.style = StyleRanker(arrays) if "style_keys" in arrays else None
+        except (KeyError, TypeError, ValueError) as exc:  # a member missing or of the wrong shape
+            raise ModelLoadError(f"{path}: not a voice memory written by this version of Mimic "
+                                 f"({damage(exc)})") from exc
         if self.keys.dtype != np.uint64 or self.next.dtype != np.uint8 or len(self.keys) != len(self.next):
             raise ModelLoadError(f"{path}: not a voice memory written by this version of Mimic")
         self.ids = {str(n): i for i, n in enumerate(names) if n}  # "": a forgotten person's id

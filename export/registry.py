@@ -5,12 +5,14 @@ Layout (engine/model_source.py reads only `current` and `versions/`; the rest is
     <registry>/current                  one line: the serving version's name; replaced atomically
     <registry>/versions/<name>/         complete versions that were promoted at least once
         model.onnx                      the served model (parity-checked at export)
-        model.copyindex.npy             the verbatim-copy index beside it (chat models)
+        model.copyindex.npy             the verbatim-copy index beside it; required for a chat model (one
+                                        whose manifest lists speakers): the engine refuses to serve one without
+        model.voice.npz                 each speaker's voice memory (chat models)
         checkpoint.pt                   weights + optimiser, for the next night's warm start
         manifest.json                   what this version is (see below)
     <registry>/rejected/<name>/         complete candidates that were not promoted (same files)
     <registry>/staging/<name>/          a version being written; never served, never promotable
-    <registry>/promotions.jsonl         promotion history, one JSON object a line (promote, rollback)
+    <registry>/promotions.jsonl         promotion history, one JSON object a line (below)
     <registry>/runs.jsonl               retraining run log: each run's start, outcome and reason
     <registry>/.lock                    flock held while the registry is being changed
 
@@ -19,9 +21,17 @@ Why this shape:
   fsynced, so a reader never sees half a version. A crash (even SIGKILL) leaves at most a `staging/` entry,
   which the next run resumes from or removes.
 - Rejected candidates live outside `versions/` because the engine, when `current` is broken at start-up,
-  serves the newest loadable directory in `versions/`: that must never be a model judged worse.
+  serves a loadable directory in `versions/`: that must never be a model judged worse. It tries them in the
+  promotion history's order and skips rolled-back ones (engine/model_source.py fallback_versions, which reads
+  promotions.jsonl itself: the engine imports nothing of ours).
 - Names are `YYYYMMDD-HHMMSS-<6 hex>` in UTC, so sorting by name (what the engine does) is by time.
 - `current` is written as a new file, fsynced, renamed over the old one, and the directory fsynced.
+
+promotions.jsonl: one JSON object a line, {"at": ISO-8601 UTC, "action": "promote" | "rollback" | "repair",
+"version": name, "previous": name or null, "reason": text}, appended and fsynced; a torn line is skipped by
+readers. Replayed in order it is a stack (promotion_stack): promote and repair push their version unless it
+is on top already, rollback pops down to its version. Versions named by it but no longer on the stack were
+rolled back. engine/model_source.py reads this format too: change both together.
 
 manifest.json (written by the retraining job; every field optional to readers):
     name, created (ISO-8601 UTC), status (training | promoted | rejected), parent (the version whose checkpoint
@@ -43,7 +53,7 @@ import logging
 import os
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -65,7 +75,14 @@ MANIFEST_FILE = "manifest.json"
 PROMOTIONS_FILE = "promotions.jsonl"
 RUNS_FILE = "runs.jsonl"
 LOCK_FILE = ".lock"
+COPY_INDEX_FILE = "model.copyindex.npy"  # engine/copyindex.py index_path_for(model.onnx)
 REQUIRED_FILES = (MODEL_FILE, CHECKPOINT_FILE)
+
+
+def required_files(manifest: dict[str, Any]) -> tuple[str, ...]:
+    """The files a version must have: a chat model (its manifest lists speakers) also its copy index, without
+    which the engine refuses to serve it (it would post training messages word for word)."""
+    return (*REQUIRED_FILES, COPY_INDEX_FILE) if manifest.get("speakers") else REQUIRED_FILES
 
 
 def utc_now() -> datetime:
@@ -197,8 +214,13 @@ class Registry:
         """A promoted version whose files are all there (the engine could serve it; we could warm-start)."""
         if not _valid_name(name):
             return False
-        d = self.versions / name
-        return all((d / f).is_file() for f in (*REQUIRED_FILES, MANIFEST_FILE))
+        return not self.missing_files(self.versions / name)
+
+    def missing_files(self, d: Path) -> list[str]:
+        """The files version directory `d` lacks to be served and warm-started from."""
+        if not (d / MANIFEST_FILE).is_file():
+            return [MANIFEST_FILE]
+        return [f for f in required_files(self._read_manifest(d)) if not (d / f).is_file()]
 
     def current(self) -> str | None:
         """The serving version when `current` names a usable one, else None."""
@@ -292,11 +314,14 @@ class Registry:
         return None
 
     def last_good(self) -> str | None:
-        """The newest promoted version that is still usable: the baseline when `current` is broken."""
+        """The newest promoted version that is still usable, never a rolled-back one: the baseline when
+        `current` is broken."""
         for name in reversed(self.promotion_stack()):
             if self.usable(name):
                 return name
-        promoted = sorted(v.name for v in self.list_versions() if v.state == "promoted" and self.usable(v.name))
+        named = {e.get("version") for e in self.history()}  # named but off the stack: rolled back
+        promoted = sorted(v.name for v in self.list_versions()
+                          if v.state == "promoted" and v.name not in named and self.usable(v.name))
         return promoted[-1] if promoted else None
 
     # ---- changing ------------------------------------------------------------------------------------------
@@ -308,8 +333,15 @@ class Registry:
         append_line(self.root / PROMOTIONS_FILE, {"at": iso(utc_now()), "action": action, "version": version,
                                                   "previous": previous, "reason": reason})
 
-    def promote(self, name: str, reason: str, action: str = "promote") -> str | None:
-        """Make `name` current (a rejected candidate is moved into versions/ first). Returns the previous one."""
+    def promote(self, name: str, reason: str, action: str = "promote",
+                check: Callable[[Path], None] | None = None) -> str | None:
+        """Make `name` current (a rejected candidate is moved into versions/ first). Returns the previous one.
+        `check(model path)` raises when the model cannot be served (`mimic models promote` loads it with the
+        engine); it runs before the lock is taken, since loading a model takes a while."""
+        if check is not None:
+            found = self.locate(name)
+            if found is not None and found[0] != "incomplete" and not self.missing_files(found[1]):
+                check(found[1] / MODEL_FILE)
         with self.lock():
             found = self.locate(name)
             if found is None:
@@ -317,14 +349,14 @@ class Registry:
             state, path = found
             if state == "incomplete":
                 raise RegistryError(f"version {name} is incomplete (its run did not finish); it cannot be promoted")
+            missing = self.missing_files(path)
+            if missing:  # checked before a rejected candidate moves: a refused one stays where it was
+                raise RegistryError(f"version {name} is missing {', '.join(missing)}; it cannot be promoted")
             if state == "rejected":
                 self._decide(path, True, reason)
                 os.rename(path, self.versions / name)
                 fsync_dir(self.rejected)
                 fsync_dir(self.versions)
-            if not self.usable(name):
-                raise RegistryError(f"version {name} is missing files ({', '.join(REQUIRED_FILES)}); "
-                                    "it cannot be promoted")
             previous = self.pointer()
             if previous == name:
                 return previous
@@ -333,12 +365,13 @@ class Registry:
         log.info("model registry %s: %s %s (was %s): %s", self.root, action, name, previous, reason)
         return previous
 
-    def rollback(self, reason: str = "rolled back by hand") -> tuple[str, str | None]:
-        """Serve the previously promoted version again. Returns (now current, was current)."""
+    def rollback(self, reason: str = "rolled back by hand",
+                 check: Callable[[Path], None] | None = None) -> tuple[str, str | None]:
+        """Serve the previously promoted version again. Returns (now current, was current). `check`: as promote's."""
         target = self.rollback_target()
         if target is None:
             raise RegistryError(f"{self.root}: nothing to roll back to (no earlier promoted version is left)")
-        previous = self.promote(target, reason, action="rollback")
+        previous = self.promote(target, reason, action="rollback", check=check)
         return target, previous
 
     def repair_pointer(self, name: str, reason: str) -> None:
@@ -381,7 +414,7 @@ class Registry:
         """Finish a staged version: final manifest, fsync everything, one rename into versions/ (and make it
         current) or into rejected/ (current stays)."""
         src = self.staging / name
-        missing = [f for f in REQUIRED_FILES if not (src / f).is_file()]
+        missing = [f for f in required_files(manifest) if not (src / f).is_file()]
         if missing:
             raise RegistryError(f"version {name} is incomplete (no {', '.join(missing)}); not committed")
         for leftover in src.glob(".*"):  # temporary files of an interrupted atomic write

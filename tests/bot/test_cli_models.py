@@ -14,14 +14,15 @@ from bot.retrain import RunLock
 from export.registry import CHECKPOINT_FILE, MODEL_FILE, Registry, version_name
 
 
-def _registry_with(data_dir: Path, n: int, rejected: int = 0) -> list[str]:
-    """A registry of n promoted versions (and some rejected ones) with placeholder files: no torch needed."""
+def _registry_with(data_dir: Path, n: int, rejected: int = 0, model: Path | None = None) -> list[str]:
+    """A registry of n promoted versions (and some rejected ones) with placeholder files (no torch needed), or
+    with a copy of `model` as each version's model.onnx (`mimic models promote` checks that it loads)."""
     reg = Registry.open(data_dir / "models", create=True)
     names = []
     for i in range(n + rejected):
         name = version_name(datetime(2026, 11, 1, 3, tzinfo=UTC) + timedelta(days=i))
         d = reg.start(name, {"created": f"2026-11-{i + 1:02d}T03:00:00+00:00", "parent": names[-1] if names else None})
-        (d / MODEL_FILE).write_bytes(b"onnx")
+        (d / MODEL_FILE).write_bytes(model.read_bytes() if model else b"onnx")
         (d / CHECKPOINT_FILE).write_bytes(b"ckpt")
         manifest = {**reg.manifest(name), "val_bpc": 2.5 - i / 10,
                     "training": {"mode": "warm-start", "steps": 100, "device": "cpu"},
@@ -55,13 +56,17 @@ def test_list_table_and_json(tmp_path: Path, capsys: pytest.CaptureFixture) -> N
     assert listed[1]["decision"]["reason"] == "not worse" and listed[1]["data"]["watermark"]["messages"] == 1001
 
 
-def test_promote_and_rollback(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    names = _registry_with(tmp_path, 3)
+def test_promote_and_rollback(tmp_path: Path, capsys: pytest.CaptureFixture, tiny_model: Path) -> None:
+    names = _registry_with(tmp_path, 3, model=tiny_model)
     reg = Registry(tmp_path / "models")
     assert main(["models", "rollback", "--data-dir", str(tmp_path)]) == 0
     assert reg.current() == names[1] and f"rolled back to {names[1]} (was {names[2]})" in capsys.readouterr().err
     assert main(["models", "promote", names[2], "--model", str(tmp_path / "models")]) == 0
     assert reg.current() == names[2]
+    # Promoting moves a pointer the bots poll; it does not claim they serve it already.
+    err = capsys.readouterr().err
+    assert f"promoted {names[2]} (was {names[1]}); running bots pick it up within 5 s" in err, err
+    assert "now serving" not in err
     assert main(["models", "rollback", "--data-dir", str(tmp_path)]) == 0
     assert main(["models", "rollback", "--data-dir", str(tmp_path)]) == 0
     assert reg.current() == names[0]
@@ -148,3 +153,28 @@ def test_retrain_interrupted_in_training_exits_130(tmp_path: Path, capsys: pytes
     assert stopped.interrupted and not RetrainOutcome("failed", "disk full", "r", stage="train").interrupted
     assert main(["retrain", "--data-dir", str(tmp_path)]) == 130
     assert "interrupted at step 54" in capsys.readouterr().err
+
+
+def test_promote_and_rollback_refuse_a_version_that_does_not_load(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                                  tiny_model: Path) -> None:
+    names = _registry_with(tmp_path, 2, rejected=1, model=tiny_model)
+    reg = Registry(tmp_path / "models")
+    broken = reg.rejected / names[2] / MODEL_FILE
+    broken.write_bytes(broken.read_bytes()[:1000])
+    _one_line_error(capsys, main(["models", "promote", names[2], "--data-dir", str(tmp_path)]),
+                    f"version {names[2]} cannot be served")
+    assert reg.current() == names[1] and (reg.rejected / names[2]).is_dir()
+    reg.model_path(names[0]).write_bytes(b"onnx")  # the rollback target
+    _one_line_error(capsys, main(["models", "rollback", "--data-dir", str(tmp_path)]), "cannot be served")
+    assert reg.current() == names[1] and len(reg.history()) == 2
+
+
+def test_promote_refuses_a_chat_version_without_its_copy_index(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                               tiny_model: Path) -> None:
+    names = _registry_with(tmp_path, 1, rejected=1, model=tiny_model)
+    reg = Registry(tmp_path / "models")
+    manifest = reg.rejected / names[1] / "manifest.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "speakers": {"ada": 40}}))
+    _one_line_error(capsys, main(["models", "promote", names[1], "--data-dir", str(tmp_path)]),
+                    "missing model.copyindex.npy")
+    assert reg.current() == names[0]

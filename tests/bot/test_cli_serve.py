@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import io
 import logging
+import socket
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from bot.cli import main
-from tests.bot.conftest import ChatWorld
+from tests.bot.conftest import ChatWorld, FakeSlackApi
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,6 +43,10 @@ def test_impersonate_prints_one_message(chat_world: ChatWorld, db: Path, capsys:
     (["impersonate", "bob"], "no such person in the model: bob"),
     (["impersonate", "sam"], "not enough messages from Sam yet (6)"),
     (["impersonate", "ada", "-temp", "0"], "temperature"),
+    (["impersonate", "ada", "-temp", "100"], "-temp must be in (0, 5], as [generation] temperature in the config "
+                                             "(got 100)"),
+    (["impersonate", "ada", "-temp", "nan"], "-temp must be in (0, 5]"),
+    (["impersonate", "grace", "--prompt", "word " * 100], "the opening words are too long (500 characters; at most 200)"),
 ])
 def test_impersonate_errors_are_one_line(chat_world: ChatWorld, db: Path, capsys: pytest.CaptureFixture,
                                          args: list[str], needle: str) -> None:
@@ -46,9 +54,23 @@ def test_impersonate_errors_are_one_line(chat_world: ChatWorld, db: Path, capsys
     one_line_error(capsys, needle)
 
 
+def test_impersonate_takes_the_configs_highest_temperature(chat_world: ChatWorld, db: Path) -> None:
+    assert main(["impersonate", "ada", "--model", str(chat_world.model), "--db", str(db), "-temp", "5",
+                 "-srand", "1"]) == 0
+
+
+def test_a_plain_text_model_says_how_to_get_a_chat_model(tiny_model: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["impersonate", "ada", "--model", str(tiny_model)]) == 2
+    one_line_error(capsys, "knows no people; train one on a chat store with `mimic retrain` (served from the model "
+                           "registry), or with `mimic train --db PATH` and serve it with `--model runs/.../model.onnx`")
+
+
 def test_no_model_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["impersonate", "ada", "--data-dir", str(tmp_path)]) == 2
     one_line_error(capsys, "no model loaded yet")
+    (tmp_path / "models").mkdir()  # what a registry is before its first version
+    assert main(["impersonate", "ada", "--data-dir", str(tmp_path)]) == 2
+    one_line_error(capsys, "empty model registry (no versions in it yet)); train one with `mimic retrain`")
 
 
 def test_a_store_named_but_missing_is_refused_not_created(chat_world: ChatWorld, tmp_path: Path,
@@ -123,6 +145,82 @@ def test_serve_slack_names_every_missing_secret_at_once(tmp_path: Path, capsys: 
     monkeypatch.setenv("SLACK_APP_TOKEN", "xoxb-2")  # the bot token where the app token goes
     assert main(["serve", "slack", "--data-dir", str(tmp_path)]) == 2  # refused before dialling Slack
     one_line_error(capsys, "SLACK_APP_TOKEN is not an app-level token (those start with xapp-")
+
+
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A local port that refuses connections (bound, never listening): no network is needed to fail to reach it."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
+def test_serve_slack_that_cannot_reach_slack_says_which_call(tmp_path: Path, closed_port: int,
+                                                              capsys: pytest.CaptureFixture,
+                                                              caplog: pytest.LogCaptureFixture,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-1")
+    monkeypatch.setenv("SLACK_APP_TOKEN", "xapp-1")
+    monkeypatch.setenv("SLACK_API_URL", f"http://127.0.0.1:{closed_port}/api/")
+    assert main(["serve", "slack", "--data-dir", str(tmp_path)]) == 2
+    one_line_error(capsys, "Slack API auth.test: cannot connect (")
+    assert not [r for r in caplog.records if r.name.startswith("slack_sdk")]  # the one line says it all
+
+
+@pytest.mark.parametrize(("refused", "needle"), [
+    ("auth.test", "Slack API auth.test failed: invalid_auth; check SLACK_BOT_TOKEN"),
+    ("apps.connections.open", "Slack API apps.connections.open failed: invalid_auth; check SLACK_APP_TOKEN"),
+])
+def test_serve_slack_that_slack_refuses_is_one_line(tmp_path: Path, slack_api: FakeSlackApi,
+                                                    capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch,
+                                                    refused: str, needle: str) -> None:
+    answer = slack_api.answer
+    monkeypatch.setattr(slack_api, "answer", lambda method, params: (200, {"ok": False, "error": "invalid_auth"})
+                        if method == refused else answer(method, params))
+    monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-1")
+    monkeypatch.setenv("SLACK_APP_TOKEN", "xapp-1")
+    monkeypatch.setenv("SLACK_API_URL", slack_api.base_url)
+    assert main(["serve", "slack", "--data-dir", str(tmp_path)]) == 2
+    one_line_error(capsys, needle)
+
+
+def test_serve_discord_that_cannot_reach_discord_says_so(tmp_path: Path, closed_port: int,
+                                                         capsys: pytest.CaptureFixture,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import discord.http
+
+    monkeypatch.setattr(discord.http.Route, "BASE", f"http://127.0.0.1:{closed_port}/api/v10")
+    monkeypatch.setenv("DISCORD_TOKEN", "not-a-real-token")
+    assert main(["serve", "discord", "--data-dir", str(tmp_path)]) == 2
+    one_line_error(capsys, "Discord login: cannot connect (")
+
+
+def test_serve_discord_with_a_refused_token_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import discord.http
+
+    class Refuse(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the http.server API
+            body = b'{"message": "401: Unauthorized", "code": 0}'
+            self.send_response(401)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        monkeypatch.setattr(discord.http.Route, "BASE", f"http://127.0.0.1:{server.server_address[1]}/api/v10")
+        monkeypatch.setenv("DISCORD_TOKEN", "not-a-real-token")
+        assert main(["serve", "discord", "--data-dir", str(tmp_path)]) == 2
+    finally:
+        server.shutdown()
+        server.server_close()
+    one_line_error(capsys, "Discord refused the bot token (HTTP 401 Unauthorized); check DISCORD_TOKEN")
 
 
 def test_bad_config_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

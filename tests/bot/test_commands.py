@@ -15,8 +15,10 @@ import pytest
 from bot.capture import StoreAccess
 from bot.commands import Commands, Invocation, ModelGate, Reply, split_person
 from bot.config import Settings, SlackSettings
+from bot.errors import UsageError
 from bot.ratelimit import RateLimits
 from bot.safety import ZWSP
+from engine.model_source import ModelHolder
 from tests.bot.conftest import ADA, GENERAL, GRACE, SAM, ChatWorld, make_settings
 
 
@@ -189,7 +191,8 @@ def test_no_model_loaded_yet_then_one_appears(tmp_path: Path, chat_world: ChatWo
             assert reply.private and reply.text.startswith("no model loaded yet"), reply.text
         assert Commands(settings, None).handle(slack("impersonate ada")).text.startswith("no model loaded")
         model.parent.mkdir()
-        shutil.copy(chat_world.model, model)
+        for f in chat_world.model.parent.glob("model.*"):  # the model, its copy index and voice memory
+            shutil.copy(f, model.parent / f.name)
         assert commands.handle(slack("impersonate ada")).private  # not looked for again before retry_seconds
         now[0] += 31
         assert not commands.handle(slack("impersonate ada")).private
@@ -258,3 +261,104 @@ def test_hot_reload_under_concurrent_requests(tmp_path: Path, chat_world: ChatWo
         assert {reply.model_version for _, reply in results} <= {"v1", "v2"}
     finally:
         gate.close()
+
+
+def test_the_no_model_hint_names_what_writes_a_model_there(tmp_path: Path, db: Path) -> None:
+    (tmp_path / "models").mkdir()
+    for path, hint in ((tmp_path / "models", "train one with `mimic retrain`"),
+                       (tmp_path / "m.onnx", f"export one there with `mimic export CKPT {tmp_path / 'm.onnx'} --db")):
+        gate = ModelGate.from_settings(make_settings(path, db), watch_seconds=None)
+        text = Commands(make_settings(path, db), gate).handle(console("impersonate ada")).text
+        assert text.startswith("no model loaded yet") and hint in text, text
+        assert "mimic train --db" not in text and "not an .onnx model" not in text
+
+
+def test_an_empty_registry_is_called_one(tmp_path: Path, db: Path) -> None:
+    (tmp_path / "models").mkdir()
+    gate = ModelGate.from_settings(make_settings(tmp_path / "models", db), watch_seconds=None)
+    text = Commands(make_settings(tmp_path / "models", db), gate).handle(console("impersonate ada")).text
+    assert f"({tmp_path / 'models'}: an empty model registry (no versions in it yet))" in text, text
+
+
+def test_a_damaged_model_is_retried_not_loaded_per_request(tmp_path: Path, chat_world: ChatWorld, db: Path,
+                                                           caplog: pytest.LogCaptureFixture,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "served"
+    folder.mkdir()
+    for f in chat_world.model.parent.glob("model.*"):
+        shutil.copy(f, folder / f.name)
+    voice = folder / "model.voice.npz"
+    good = voice.read_bytes()
+    voice.write_bytes(good[: len(good) // 2])  # a truncated copy: zipfile.BadZipFile underneath
+    settings = make_settings(folder / "model.onnx", db)
+    now = [0.0]
+    gate = ModelGate.from_settings(settings, watch_seconds=None, retry_seconds=30, clock=lambda: now[0])
+    commands = Commands(settings, gate, StoreAccess(db))
+    try:
+        reply = commands.handle(slack("impersonate ada"))
+        assert reply.private and reply.text.startswith("no model loaded yet") and "voice memory" in reply.text
+        opened = []
+        real = ModelHolder.open
+
+        def counting(*args, **kwargs):
+            opened.append(args)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr("bot.commands.ModelHolder.open", counting)
+        assert commands.handle(slack("impersonate ada")).text.startswith("no model loaded yet")
+        assert opened == []  # within retry_seconds: the last answer, not another load
+        voice.write_bytes(good)
+        now[0] += 31
+        assert not commands.handle(slack("impersonate ada")).private and len(opened) == 1
+    finally:
+        gate.close()
+
+
+def test_an_unforeseen_load_error_is_logged_with_its_traceback_and_retried(
+        tmp_path: Path, db: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr("bot.commands.ModelHolder.open", broken)
+    now = [0.0]
+    settings = make_settings(tmp_path / "m.onnx", db)
+    gate = ModelGate.from_settings(settings, watch_seconds=None, retry_seconds=30, clock=lambda: now[0])
+    with caplog.at_level(logging.ERROR, logger="bot.commands"):
+        for _ in range(3):
+            reply = Commands(settings, gate).handle(console("impersonate ada"))
+            assert reply.text.startswith("no model loaded yet (RuntimeError: boom)"), reply.text
+    assert [r.exc_info is not None for r in caplog.records] == [True]  # logged once, with its traceback
+
+
+def test_write_as_refuses_opening_words_over_the_limit(commands: Commands) -> None:
+    with pytest.raises(UsageError, match=r"^the opening words are too long \(201 characters; at most 200\)\.$"):
+        commands.write_as("grace", "x" * 201)
+    assert commands.write_as("grace", "x" * 20, srand=1).text.startswith("x" * 20)
+
+
+@pytest.mark.parametrize("platform", ["slack", "discord", "console"])
+def test_bidi_controls_in_the_opening_words_never_reach_the_post(commands: Commands, platform: str) -> None:
+    controls = "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c"
+    inv = Invocation.from_text(f"impersonate grace \u202eGood {controls}morning \u05e9\u05dc\u05d5\u05dd 😀",
+                               platform=platform, user_id=GRACE, channel_id=GENERAL, channel_name="general")
+    reply = commands.handle(inv)
+    assert not reply.private, reply.text
+    assert reply.text.startswith("Good morning \u05e9\u05dc\u05d5\u05dd 😀"), repr(reply.text)
+    assert not any(c in reply.text for c in controls)
+
+
+def test_forget_goes_on_past_a_damaged_voice_memory(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from bot.forget import forget_in_models
+    from engine.voice import VoiceMemory, build_voice_memory
+
+    records = [("ada", "lol the build is green"), ("grace", "Good morning, team!")] * 5
+    for version in ("v1", "v2"):
+        (tmp_path / "versions" / version).mkdir(parents=True)
+        build_voice_memory(records, tmp_path / "versions" / version / "model.voice.npz", "\x1e")
+    damaged = tmp_path / "versions" / "v1" / "model.voice.npz"
+    damaged.write_bytes(damaged.read_bytes()[:300])  # zipfile.BadZipFile underneath
+    with caplog.at_level(logging.ERROR, logger="bot.forget"):
+        assert forget_in_models(tmp_path, "ada") == 1
+    assert VoiceMemory(tmp_path / "versions" / "v2" / "model.voice.npz").speaker_id("ada") == -1
+    assert "v1/model.voice.npz" in caplog.text and "unreadable voice memory" in caplog.text
+

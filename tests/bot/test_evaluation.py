@@ -258,8 +258,6 @@ def _one_line_error(capsys: pytest.CaptureFixture, needle: str) -> None:
     (["eval", "{model}", "--db", "{root}/missing.db"], "no such message store"),
     (["eval", "{model}", "--db", "{db}", "--min-messages", "1000"], "lower --min-messages"),
     (["eval", "{model}", "--db", "{db}", "--text", "{db}"], "give one of"),
-    (["eval", "{model}"], "give one of"),
-    (["eval"], "usage: mimic eval"),
     (["eval", "{model}", "--db", "{db}", "--png", "{root}/x.png"], "--png goes with --plot"),
     (["eval", "{model}", "--db", "{db}", "--samples", "0"], "--samples"),
     (["eval", "{model}", "--db", "{db}", "--drafts", "0"], "--drafts"),
@@ -271,6 +269,95 @@ def test_bad_input_is_one_line_and_exit_2(chat: dict[str, Path], tiny_model: Pat
     subst = {"model": str(chat["model"]), "db": str(chat["db"]), "root": str(chat["root"]), "plain": str(tiny_model)}
     assert main([a.format(**subst) for a in args]) == 2
     _one_line_error(capsys, needle)
+
+
+def _registry(root: Path, model: Path) -> tuple[Path, Path]:
+    """A model registry as `mimic retrain` leaves it, serving a copy of `model`: (registry, the served file)."""
+    import shutil
+
+    from export.registry import CHECKPOINT_FILE, Registry, version_name
+
+    registry = Registry.open(root / "models", create=True)
+    name = version_name()
+    folder = registry.start(name, {"speakers": ["ada"]})
+    for f in model.parent.glob("model.*"):  # the model, its copy index and voice memory
+        shutil.copy(f, folder / f.name)
+    (folder / CHECKPOINT_FILE).write_bytes(b"ckpt")  # not read by eval
+    registry.commit(name, registry.manifest(name), promote=True, reason="test")
+    return registry.root, registry.model_path(name)
+
+
+@pytest.fixture
+def evaluated(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, ...]]:
+    """What `mimic eval` asked bot/evaluation.py to evaluate, (model, store or text), without evaluating."""
+    from bot import eval_report, evaluation
+
+    calls: list[tuple[str, ...]] = []
+    monkeypatch.setattr(evaluation, "evaluate_chat", lambda model, db, cfg: calls.append((str(model), str(db))))
+    monkeypatch.setattr(evaluation, "evaluate_text", lambda model, text: calls.append((str(model), str(text))))
+    monkeypatch.setattr(eval_report, "format_chat_report", lambda report: "")
+    monkeypatch.setattr(eval_report, "format_text_report", lambda report: "")
+    return calls
+
+
+def test_a_registry_is_evaluated_at_its_current_version(chat: dict[str, Path], tmp_path: Path) -> None:
+    """`mimic retrain` writes a registry, and `who`, `impersonate` and `serve` take one: so does eval."""
+    models, served = _registry(tmp_path, chat["model"])
+    out = tmp_path / "r.json"
+    assert main(["eval", str(models), "--db", str(chat["db"]), "--samples", "1", "--min-messages", "3",
+                 "--max-speakers", "2", "--show", "0", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["model"] == str(served)
+
+
+def test_eval_defaults_to_the_configs_store_and_models(chat: dict[str, Path], tmp_path: Path,
+                                                       evaluated: list[tuple[str, ...]],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    models, served = _registry(tmp_path / "team", chat["model"])
+    config = tmp_path / "config.toml"
+    config.write_text(f'[storage]\ndata_dir = "{tmp_path / "team"}"\ndatabase = "{chat["db"]}"\n')
+    assert main(["eval", "--config", str(config)]) == 0
+    monkeypatch.setenv("MIMIC_CONFIG", str(config))
+    assert main(["eval", str(chat["model"])]) == 0  # the store from the config, the model given
+    assert main(["eval", "--db", str(tmp_path / "other.db")]) == 0  # the models from the config, the store given
+    assert main(["eval", str(chat["model"]), str(chat["db"])]) == 0  # a text FILE: as before, no store
+    assert evaluated == [(str(served), str(chat["db"])), (str(chat["model"]), str(chat["db"])),
+                         (str(served), str(tmp_path / "other.db")), (str(chat["model"]), str(chat["db"]))]
+
+
+def test_a_config_is_not_read_when_every_path_is_given(chat: dict[str, Path], tmp_path: Path,
+                                                       evaluated: list[tuple[str, ...]],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MIMIC_CONFIG", str(tmp_path / "missing.toml"))
+    assert main(["eval", str(chat["model"]), "--db", str(chat["db"])]) == 0
+    assert evaluated == [(str(chat["model"]), str(chat["db"]))]
+
+
+def test_eval_without_a_model_or_a_current_version_is_one_line(chat: dict[str, Path], tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the built-in defaults: data/models and data/mimic.db, here
+    assert main(["eval"]) == 2
+    _one_line_error(capsys, "data/models: no model here yet (the config's [storage] model); give MODEL, or train "
+                            "one with `mimic retrain`")
+    assert main(["eval", str(chat["model"])]) == 2
+    _one_line_error(capsys, "data/mimic.db: no such message store")
+    models, served = _registry(tmp_path, chat["model"])
+    (models / "current").unlink()
+    assert main(["eval", str(models), "--db", str(chat["db"])]) == 2
+    _one_line_error(capsys, "no current version to evaluate (")
+    (tmp_path / "empty").mkdir()
+    assert main(["eval", str(tmp_path / "empty"), "--db", str(chat["db"])]) == 2
+    _one_line_error(capsys, "no model registry here yet; run `mimic retrain`")
+
+
+def test_export_with_a_bare_db_reads_the_configs_store(chat: dict[str, Path], tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(f'[storage]\ndatabase = "{chat["db"]}"\n')
+    out = tmp_path / "model.onnx"
+    assert main(["export", str(chat["run"] / "last.pt"), str(out), "--db", "--config", str(config)]) == 0
+    assert f"its copy index and voice memory (from {chat['db']})" in capsys.readouterr().err
+    assert (tmp_path / "model.copyindex.npy").is_file() and (tmp_path / "model.voice.npz").is_file()
 
 
 @pytest.mark.parametrize("missing", ["sklearn", "markovify"])
@@ -298,6 +385,30 @@ def test_contexts_are_the_records_before_a_real_message() -> None:
     valid = [("a", "1"), ("b", "2"), ("a", "3"), ("c", "4"), ("b", "5")]
     ctx = _contexts(Split([], valid, 0), ["b"], 3, 2)
     assert ctx["b"] == [[("a", "1")], valid[2:4], [("a", "1")]]  # b's held-out messages are #1 and #4, in turn
+
+
+def test_export_writes_the_files_beside_the_model_before_the_model(chat: dict[str, Path], tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bot serving OUT.onnx reloads when the model or a file beside it changes: it must never pick up the
+    new model while the old copy index and voice memory are still beside it."""
+    import engine.copyindex
+    import engine.voice
+    from engine.model_source import load_model
+
+    out, seen = tmp_path / "model.onnx", []
+
+    def spy(name: str, real):
+        def build(*args, **kwargs):
+            seen.append((name, out.exists()))
+            return real(*args, **kwargs)
+        return build
+
+    for module, name in ((engine.copyindex, "build_copy_index"), (engine.voice, "build_voice_memory")):
+        monkeypatch.setattr(module, name, spy(name, getattr(module, name)))
+    assert main(["export", str(chat["run"] / "last.pt"), str(out), "--db", str(chat["db"])]) == 0
+    assert seen == [("build_copy_index", False), ("build_voice_memory", False)]
+    assert load_model(out).copy_index is not None and sorted(p.name for p in tmp_path.iterdir()) == [
+        "model.copyindex.npy", "model.onnx", "model.voice.npz"]  # no staged file left behind
 
 
 def test_export_with_the_store_writes_the_copy_index_and_voice_memory(chat: dict[str, Path], tmp_path: Path) -> None:

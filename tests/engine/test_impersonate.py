@@ -158,8 +158,10 @@ def test_a_chat_model_without_speaker_slots_still_serves(unconditioned_chat_run:
 
 
 def test_plain_text_model_has_no_speakers(tiny_model: Path) -> None:
-    with pytest.raises(NoSpeakersError):
+    with pytest.raises(NoSpeakersError) as caught:
         impersonate(load_model(tiny_model), "ada")
+    # `mimic train --db` alone writes to runs/, where no bot looks: say how a chat model gets served
+    assert "`mimic retrain`" in str(caught.value) and "--model runs/.../model.onnx" in str(caught.value)
 
 
 def test_length_cap(model) -> None:

@@ -95,6 +95,35 @@ def test_a_broken_memory_file_is_a_load_error(tmp_path: Path) -> None:
     assert voice_path_for(tmp_path / "model.onnx") == bad
 
 
+@pytest.mark.parametrize("damage", [lambda d: d[: len(d) // 2], lambda d: d[:-30], lambda d: d[:200],
+                                    lambda d: d[:1000] + bytes(256) + d[1256:]])
+def test_a_truncated_or_damaged_memory_is_a_load_error_naming_it(tmp_path: Path, damage) -> None:
+    """BadZipFile, EOFError, zlib.error...: whatever a damaged .npz raises, the caller sees a ModelLoadError."""
+    path = tmp_path / "model.voice.npz"
+    build_voice_memory(RECORDS * 40, path, LB)
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(ModelLoadError, match=r"model\.voice\.npz: unreadable voice memory"):
+        VoiceMemory(path)
+
+
+def test_a_memory_with_a_member_missing_is_a_load_error(tmp_path: Path) -> None:
+    np.savez(tmp_path / "v.npz", keys=np.zeros(1, np.uint64))
+    with pytest.raises(ModelLoadError, match="not a voice memory written by this version"):
+        VoiceMemory(tmp_path / "v.npz")
+
+
+def test_a_memory_rewritten_in_place_while_loaded_keeps_working(tmp_path: Path) -> None:
+    """Loaded into memory, not mapped: truncating the file under it (`cp` over it) cannot crash the bot."""
+    path = tmp_path / "v.npz"
+    build_voice_memory(RECORDS, path, LB)
+    memory = VoiceMemory(path)
+    p = np.full(256, 1 / 256)
+    before = memory.adapt_row(p, memory.speaker_id("ann"), b"ann: hel")
+    with open(path, "r+b") as f:
+        f.truncate(64)
+    np.testing.assert_array_equal(memory.adapt_row(p, memory.speaker_id("ann"), b"ann: hel"), before)
+
+
 def test_voiced_and_plain_rows_batch_as_they_run_alone(chat_run: Path) -> None:
     model = load_model(chat_run / "model.onnx")
     ann = model.voice.speaker_id("ann")

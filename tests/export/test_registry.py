@@ -13,6 +13,7 @@ import pytest
 from export.errors import RegistryError
 from export.registry import (
     CHECKPOINT_FILE,
+    COPY_INDEX_FILE,
     MANIFEST_FILE,
     MODEL_FILE,
     Registry,
@@ -173,3 +174,75 @@ def test_logs_survive_a_torn_line(reg: Registry) -> None:
     reg.log_run({"event": "started", "run": "r2"})
     assert [r["run"] for r in reg.runs()] == ["r1", "r2"]
     assert read_lines(reg.root / "nothing.jsonl") == []
+
+
+def _chat(reg: Registry, n: int, files: tuple[str, ...]) -> str:
+    """A staged chat version: its manifest lists speakers, as `mimic retrain` writes it."""
+    name = version_name(T0 + timedelta(days=n))
+    d = reg.start(name, {"created": (T0 + timedelta(days=n)).isoformat(), "speakers": {"ada": 40}})
+    for f in files:
+        (d / f).write_bytes(b"x" * 10)
+    return name
+
+
+def test_a_chat_version_is_not_usable_without_its_copy_index(reg: Registry) -> None:
+    """The engine refuses to serve a chat model without its copy index, so the registry never points at one."""
+    first = _add(reg, 1)  # a plain-text version: no copy index needed
+    name = _chat(reg, 2, (MODEL_FILE, CHECKPOINT_FILE))
+    with pytest.raises(RegistryError, match=COPY_INDEX_FILE):
+        reg.commit(name, reg.manifest(name), promote=True, reason="x")
+    (reg.staging / name / COPY_INDEX_FILE).write_bytes(b"x")
+    reg.commit(name, reg.manifest(name), promote=False, reason="worse")
+    (reg.rejected / name / COPY_INDEX_FILE).unlink()
+    with pytest.raises(RegistryError, match=f"missing {COPY_INDEX_FILE}"):
+        reg.promote(name, "by hand")
+    assert reg.current() == first and (reg.rejected / name).is_dir()  # a refused candidate stays where it was
+    (reg.rejected / name / COPY_INDEX_FILE).write_bytes(b"x")
+    reg.promote(name, "by hand")
+    (reg.versions / name / COPY_INDEX_FILE).unlink()
+    assert not reg.usable(name) and "missing files" in reg.pointer_problem()
+
+
+def test_promote_and_rollback_run_the_check_before_moving_the_pointer(reg: Registry) -> None:
+    a, b = _add(reg, 1), _add(reg, 2)
+    seen: list[Path] = []
+
+    def refuse(model: Path) -> None:
+        seen.append(model)
+        raise RegistryError(f"{model.parent.name} does not load")
+
+    with pytest.raises(RegistryError, match="does not load"):
+        reg.rollback(check=refuse)
+    assert seen == [reg.model_path(a)] and reg.current() == b
+    bad = _add(reg, 3, promote=False)
+    with pytest.raises(RegistryError, match="does not load"):
+        reg.promote(bad, "by hand", check=refuse)
+    assert reg.current() == b and (reg.rejected / bad).is_dir()
+    assert [e["version"] for e in reg.history()] == [a, b]
+    reg.promote(bad, "by hand", check=seen.append)
+    assert reg.current() == bad and seen[-1] == reg.rejected / bad / MODEL_FILE
+
+
+def test_last_good_is_never_a_rolled_back_version(reg: Registry) -> None:
+    a, b, c = _add(reg, 1), _add(reg, 2), _add(reg, 3)
+    reg.rollback()  # c judged worse
+    assert reg.last_good() == b
+    for name in (a, b):
+        (reg.versions / name / MODEL_FILE).unlink()
+    assert reg.last_good() is None and reg.usable(c)
+
+
+def test_the_engine_reads_the_promotion_history_as_the_registry_does(reg: Registry) -> None:
+    """engine/model_source.py replays promotions.jsonl itself (it imports nothing of ours): both agree."""
+    from engine.model_source import fallback_versions
+
+    a, b, c, d = (_add(reg, i) for i in range(1, 5))
+    reg.rollback()  # d out
+    reg.rollback()  # c out
+    reg.promote(d, "by hand")  # d back in, on top of b
+    reg.repair_pointer(a, "current was broken")
+    (reg.versions / "20200101-000000-aaaaaa").mkdir()  # never promoted (say, copied in by hand)
+    stack = reg.promotion_stack()
+    assert stack == [a, b, d, a]
+    assert fallback_versions(reg.root) == [a, d, b, "20200101-000000-aaaaaa"]  # c was rolled back
+    assert c not in fallback_versions(reg.root) and reg.last_good() == a
