@@ -83,8 +83,12 @@ class StoreAccess:
                 return user
             return store.set_opted_out(user.speaker or platform_id, opted_out)
 
-    def forget(self, speaker: str) -> int:
-        return self.store().forget(speaker)
+    def forget(self, speaker: str) -> tuple[int, list[str]]:
+        """Forget a person, every linked account of theirs: (messages deleted, the speaker names they had, for
+        the voice memories)."""
+        store = self.store()
+        names = [a.speaker for a in store.accounts(speaker) if a.speaker]
+        return store.forget(speaker), names
 
     def conversation(self, platform: str, channel_id: str, lines: int) -> list[tuple[str, str]]:
         """The channel's recent messages (speaker, text), oldest first, to prime an impersonation with."""

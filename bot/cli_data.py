@@ -1,4 +1,4 @@
-"""`mimic ingest`, `mimic history slack|discord`, `mimic optout|optin|forget`, `mimic stats`: chat history in.
+"""`mimic ingest`, `history slack|discord`, `optout|optin|forget|link|unlink`, `stats`: chat history in.
 
 Handlers parse, call one function in training/, print. Progress bars are drawn here from the callbacks
 training/ reports through; warnings come through logging on stderr.
@@ -7,13 +7,18 @@ training/ reports through; warnings come through logging on stderr.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from bot.errors import ConfigError, UsageError
+
+log = logging.getLogger(__name__)
 
 
 class _ProgressBar:
@@ -48,33 +53,40 @@ class _ProgressBar:
 
 def run_ingest(args: argparse.Namespace) -> int:
     from training.ingest import ingest_paths
-    from training.store import Store
 
-    db = _db(args)
-    new_store = not db.exists()
-    try:
-        with Store.open(db) as store, _ProgressBar("files") as bar:
-            report = ingest_paths(store, args.paths, fmt=args.format, speaker=args.speaker,
-                                  include_bots=args.include_bots, include_private=args.include_private, progress=bar)
-    except BaseException:
-        if new_store:  # an ingest that failed leaves no empty store behind to be mistaken for a real one
-            for leftover in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
-                leftover.unlink(missing_ok=True)
-        raise
+    with _store_or_none(_db(args)) as store, _ProgressBar("files") as bar:
+        report = ingest_paths(store, args.paths, fmt=args.format, speaker=args.speaker,
+                              include_bots=args.include_bots, include_private=args.include_private, progress=bar)
     print(report.summary())
     return 0
 
 
+@contextlib.contextmanager
+def _store_or_none(db: Path) -> Iterator[Any]:
+    """The store, created when missing; a run that fails leaves no new empty store behind, to be mistaken
+    for a real one (`serve` would take everyone for forgotten)."""
+    from training.store import Store
+
+    new_store = not db.exists()
+    try:
+        with Store.open(db) as store:
+            yield store
+    except BaseException:
+        if new_store:
+            for leftover in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+                leftover.unlink(missing_ok=True)
+        raise
+
+
 def run_history_slack(args: argparse.Namespace) -> int:
     from training.history_slack import DEFAULT_API_URL, fetch_slack_history, slack_client
-    from training.store import Store
 
     token = os.environ.get(args.token_env)  # secrets come from the environment only, never a flag
     if not token:
         raise ConfigError(f"{args.token_env} is not set; put the bot token (xoxb-...) in it")
     api_url = args.api_url or os.environ.get("SLACK_API_URL") or DEFAULT_API_URL
     channels = [c for c in args.channels.split(",") if c.strip()] if args.channels else None
-    with Store.open(_db(args)) as store, _ProgressBar("channels") as bar:
+    with _store_or_none(_db(args)) as store, _ProgressBar("channels") as bar:
         report = fetch_slack_history(slack_client(token, api_url), store, channels=channels, out_zip=args.out,
                                      progress=bar)
     print(report.summary() + (f"; wrote {args.out}" if args.out else ""))
@@ -83,13 +95,12 @@ def run_history_slack(args: argparse.Namespace) -> int:
 
 def run_history_discord(args: argparse.Namespace) -> int:
     from training.history_discord import fetch_discord_history
-    from training.store import Store
 
     token = os.environ.get("DISCORD_TOKEN")  # secrets come from the environment only, never a flag
     if not token:
         raise ConfigError("DISCORD_TOKEN is not set; put the bot token in it")
     channels = [c.strip() for c in args.channels.split(",") if c.strip()] if args.channels else None
-    with Store.open(_db(args)) as store, _ProgressBar("channels") as bar:
+    with _store_or_none(_db(args)) as store, _ProgressBar("channels") as bar:
         report = fetch_discord_history(token, store, channels=channels, progress=bar)
     print(report.summary())
     return 0
@@ -100,8 +111,29 @@ def _set_opted_out(args: argparse.Namespace, opted_out: bool) -> int:
 
     with Store.open(_db(args), create=False) as store:
         user = store.set_opted_out(args.name, opted_out)
-    print(f"mimic: {user.speaker} is opted {'out of' if opted_out else 'back into'} learning and impersonation")
+        accounts, namesakes = store.accounts(args.name), store.namesakes(args.name)
+    print(f"mimic: {_person(accounts)} {'is' if len(accounts) == 1 else 'are'} opted "
+          f"{'out of' if opted_out else 'back into'} learning and impersonation")
+    _warn_namesakes(user.speaker, namesakes, "optout" if opted_out else "optin")
     return 0
+
+
+def _person(accounts: list[Any]) -> str:
+    """A person's accounts for a message: "viola", or "viola and viola_2 (the same person)"."""
+    names = [a.speaker or a.platform_id for a in accounts]
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]} (the same person)"
+
+
+def _warn_namesakes(speaker: str | None, namesakes: list[Any], verb: str) -> None:
+    """Other accounts going by the same name may be the same person on another platform, whom an opt-out or
+    forget does not cover until they are linked: say so, with the command that links them."""
+    if not namesakes:
+        return
+    others = ", ".join(f"{a.speaker} ({a.platform})" for a in namesakes[:5])
+    more = f" and {len(namesakes) - 5} more" if len(namesakes) > 5 else ""
+    log.warning("%s%s go by the same name as %s but are separate accounts, not covered by this %s; if they are "
+                "the same person, link them (`mimic link %s %s`), then this covers them too", others, more,
+                speaker, verb, speaker, namesakes[0].speaker)
 
 
 def run_optout(args: argparse.Namespace) -> int:
@@ -118,13 +150,35 @@ def run_forget(args: argparse.Namespace) -> int:
 
     with Store.open(_db(args), create=False) as store:
         if not args.yes:
-            _confirm(f"Delete everything stored about '{args.name}' and opt them out for good? [y/N] ")
-        user = store.find_user(args.name)
-        speaker = user.speaker if user is not None and user.speaker else args.name
+            _confirm(f"Delete everything stored about '{args.name}' (every linked account) and opt them out for "
+                     "good? [y/N] ")
+        accounts, namesakes = store.accounts(args.name), store.namesakes(args.name)
         deleted = store.forget(args.name)
-    memories = forget_in_models(args.model or _storage(args).model_path, speaker)
-    print(f"mimic: forgot '{args.name}': {deleted} messages deleted, removed from {memories} voice "
+    model = args.model or _storage(args).model_path
+    memories = sum(forget_in_models(model, a.speaker) for a in accounts if a.speaker)
+    print(f"mimic: forgot {_person(accounts)}: {deleted} messages deleted, removed from {memories} voice "
           "memories; they stay opted out")
+    _warn_namesakes(accounts[0].speaker, namesakes, "forget")
+    return 0
+
+
+def run_link(args: argparse.Namespace) -> int:
+    from training.store import Store
+
+    with Store.open(_db(args), create=False) as store:
+        for other in args.others:
+            accounts = store.link(args.name, other)
+    print(f"mimic: {_person(accounts)}: learned as {accounts[0].speaker} from the next training on; an opt-out "
+          f"or forget of any of them covers all" + (" (all opted out, as one was)" if accounts[0].opted_out else ""))
+    return 0
+
+
+def run_unlink(args: argparse.Namespace) -> int:
+    from training.store import Store
+
+    with Store.open(_db(args), create=False) as store:
+        user = store.unlink(args.name)
+    print(f"mimic: {user.speaker} is a person of their own again (opted {'out' if user.opted_out else 'in'})")
     return 0
 
 
@@ -150,11 +204,13 @@ def _format_stats(stats: dict[str, Any]) -> str:
         f"{len(stats['channels'])} channels" + (f", {stats['first'][:10]} to {stats['last'][:10]}" if stats["first"] else "")
         + (f" ({stats['opted_out']} opted-out or forgotten people left out)" if stats.get("opted_out") else ""),
         "",
-        f"{'speaker':<32} {'messages':>10} {'chars':>12}",
     ]
-    lines += [f"{name:<32} {u['messages']:>10,} {u['chars']:>12,}" for name, u in stats["users"].items()]
-    lines += ["", f"{'channel':<32} {'messages':>10}"]
-    lines += [f"{name:<32} {c['messages']:>10,}" for name, c in stats["channels"].items()]
+    who = max([len("speaker"), *map(len, stats["users"])])  # as wide as the longest name: columns stay aligned
+    lines.append(f"{'speaker':<{who}} {'messages':>10} {'chars':>12}")
+    lines += [f"{name:<{who}} {u['messages']:>10,} {u['chars']:>12,}" for name, u in stats["users"].items()]
+    where = max([len("channel"), *map(len, stats["channels"])])
+    lines += ["", f"{'channel':<{where}} {'messages':>10}"]
+    lines += [f"{name:<{where}} {c['messages']:>10,}" for name, c in stats["channels"].items()]
     return "\n".join(lines)
 
 
@@ -215,6 +271,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("name", metavar="NAME", help="speaker name, handle, display name, real name or user id")
         _db_arg(p)
         p.set_defaults(run=run)
+
+    p = sub.add_parser("link", help="NAME and OTHER are the same person (Slack and Discord accounts, say)",
+                       description="Make OTHER's account the same person as NAME's: their messages are learned "
+                                   "under NAME's speaker name from the next training on, and an opt-out, opt-in "
+                                   "or forget of either covers both (if either is opted out, both are).")
+    p.add_argument("name", metavar="NAME", help="the person, by any name `mimic stats` or `who` shows")
+    p.add_argument("others", metavar="OTHER", nargs="+", help="their other account(s)")
+    _db_arg(p)
+    p.set_defaults(run=run_link)
+    p = sub.add_parser("unlink", help="undo link: NAME's account is a person of its own again")
+    p.add_argument("name", metavar="NAME", help="the account to separate")
+    _db_arg(p)
+    p.set_defaults(run=run_unlink)
 
     p = sub.add_parser("forget", help="delete everything stored about NAME and opt them out")
     p.add_argument("name", metavar="NAME", help="speaker name, handle, display name, real name or user id")

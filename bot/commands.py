@@ -490,8 +490,8 @@ class Commands:
         if user is None or user.speaker is None:
             raise UsageError(f"no one called '{typed}' in the message store.")
         name = shown_name(user, Speaker(user.speaker, 0))
-        deleted = self.people.forget(user.speaker)
-        memories = forget_in_models(self.settings.storage.model_path, user.speaker)
+        deleted, speakers = self.people.forget(user.speaker)
+        memories = sum(forget_in_models(self.settings.storage.model_path, speaker) for speaker in speakers)
         log.info("forgot %s:%s on request of %s:%s (%d messages, %d voice memories)", user.platform,
                  user.platform_id, inv.platform, inv.user_id, deleted, memories)
         return self._private(inv, f"Forgot {name}: deleted {deleted:,} messages and their profile, and their words "

@@ -58,7 +58,8 @@ class IngestReport:
         for c in collisions:
             self.collisions.append(c)
             if len(self.collisions) <= _COLLISIONS_SHOWN:  # a whole team seen again elsewhere: the count says it
-                self.warn(f"speaker name '{c.wanted}' is taken; {c.platform} user {c.platform_id} is '{c.speaker}'")
+                self.warn(f"speaker name '{c.wanted}' is taken; {c.platform} user {c.platform_id} is '{c.speaker}' "
+                          f"(the same person? `mimic link {c.wanted} {c.speaker}`)")
 
     def summary(self) -> str:
         text = (
@@ -71,7 +72,8 @@ class IngestReport:
             text += f"; skipped {sum(self.skipped.values())} ({top}{more})"
         if len(self.collisions) > _COLLISIONS_SHOWN:
             text += (f"; {len(self.collisions)} people took another name, as theirs was taken by someone on another "
-                     "platform or workspace (the first few are in the warnings)")
+                     "platform or workspace (the first few are in the warnings; `mimic link NAME OTHER` makes two "
+                     "accounts one person)")
         return text
 
 

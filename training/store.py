@@ -16,6 +16,9 @@ Design decisions:
 - Each person gets a canonical speaker name, unique in the store ignoring case: the handle when free,
   else `handle_2`, `handle_3`, ... in first-seen order. It never changes once given, so corpora and models
   stay consistent; `upsert_users` reports every name it had to change.
+- One person may have several accounts (Slack and Discord, two workspaces): `link` makes an account the same
+  person as another (`users.same_as`, the person's first account). Their messages are learned under the
+  person's speaker name, and an opt-out, opt-in or forget of any of them covers all of them.
 - Consent: opted-out people keep their rows (opt-in restores them) but never reach a corpus or the
   speaker list. `forget` deletes a person's messages and profile and leaves a tombstone (platform id only,
   opted out) so a re-ingest neither restores their profile nor stores their messages again.
@@ -156,7 +159,9 @@ _SCHEMA_V1 = (
 )
 # v2: the corpus's time split asks for "the n-th message by time"; without this index that is a full sort.
 _SCHEMA_V2 = ("CREATE INDEX messages_by_time ON messages (created)",)
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1, _SCHEMA_V2)
+# v3: an account may be the same person as another (`link`): their messages count as that person's.
+_SCHEMA_V3 = ("ALTER TABLE users ADD COLUMN same_as INTEGER REFERENCES users(id)",)
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _UPSERT_MESSAGE = """
@@ -170,8 +175,12 @@ WHERE coalesce(excluded.edited, 0) >= coalesce(messages.edited, 0)
        OR messages.user_id IS NOT excluded.user_id OR messages.created IS NOT excluded.created
        OR messages.thread_parent IS NOT excluded.thread_parent)
 """
+# A message's author: `a`, the account that wrote it, and `u`, the person it belongs to (the account itself, or
+# the one it is linked to), whose speaker name it is learned under.
+_AUTHOR = "JOIN users a ON a.id = m.user_id JOIN users u ON u.id = coalesce(a.same_as, a.id)"
+_CONSENT = "u.opted_out = 0 AND u.forgotten = 0 AND a.opted_out = 0 AND a.forgotten = 0"
 # Whose messages count as "people talking": humans, not opted out, not forgotten.
-_HUMAN = "u.is_bot = 0 AND u.opted_out = 0 AND u.forgotten = 0"
+_HUMAN = f"u.is_bot = 0 AND a.is_bot = 0 AND {_CONSENT}"
 _USER_COLUMNS = (
     "u.platform, u.platform_id, u.handle, u.display_name, u.real_name, u.avatar_url, u.is_bot, "
     "w.platform_id, u.speaker, u.opted_out, u.forgotten"
@@ -394,8 +403,9 @@ class Store:
 
     def speaker_names(self, platform: str) -> dict[str, str]:
         """Platform user id -> canonical speaker, for rendering mentions (tombstones have none)."""
-        rows = self._conn.execute(
-            "SELECT platform_id, speaker FROM users WHERE platform = ? AND speaker IS NOT NULL", (platform,)
+        rows = self._conn.execute(  # a linked account is mentioned by its person's name
+            "SELECT a.platform_id, u.speaker FROM users a JOIN users u ON u.id = coalesce(a.same_as, a.id) "
+            "WHERE a.platform = ? AND u.speaker IS NOT NULL", (platform,)
         )
         return dict(rows.fetchall())
 
@@ -416,6 +426,10 @@ class Store:
             rows = self._conn.execute(base + where + " ORDER BY u.id", (arg,)).fetchall()
             if len(rows) == 1:
                 return _user_from_row(rows[0])
+            people = {r[0] for r in self._conn.execute(
+                "SELECT DISTINCT coalesce(u.same_as, u.id) FROM users u WHERE " + where, (arg,))}
+            if len(people) == 1:  # several accounts of one linked person: the person's first account
+                return self._records([people.pop()])[0]
             if rows:
                 names = ", ".join(f"{r[8]} ({r[0]} {r[1]})" for r in rows[:5])
                 raise UnknownUserError(f"'{name}' fits {len(rows)} people: {names}; use the speaker name")
@@ -430,24 +444,106 @@ class Store:
         ).fetchone()
         return row[0], user
 
-    def set_opted_out(self, name: str, opted_out: bool) -> UserRecord:
-        """Opt a person out of (or back into) every corpus and impersonation."""
+    def _person_rows(self, row_id: int) -> list[int]:
+        """The row ids of every account of the person `row_id` belongs to: the first account, then the linked."""
+        root = self._conn.execute("SELECT coalesce(same_as, id) FROM users WHERE id = ?", (row_id,)).fetchone()[0]
+        rows = self._conn.execute("SELECT id FROM users WHERE id = ? OR same_as = ? ORDER BY id = ? DESC, id",
+                                  (root, root, root)).fetchall()
+        return [r[0] for r in rows]
+
+    def _records(self, row_ids: list[int]) -> list[UserRecord]:
+        marks = ", ".join("?" * len(row_ids))
+        rows = self._conn.execute(f"SELECT u.id, {_USER_COLUMNS} FROM users u LEFT JOIN workspaces w "
+                                  f"ON w.id = u.workspace_id WHERE u.id IN ({marks})", row_ids).fetchall()
+        by_id = {row[0]: _user_from_row(row[1:]) for row in rows}
+        return [by_id[r] for r in row_ids]
+
+    def accounts(self, name: str) -> list[UserRecord]:
+        """Every account of the person going by `name` (their first account first): one, unless linked."""
+        row_id, _ = self._require_user(name)
+        return self._records(self._person_rows(row_id))
+
+    def namesakes(self, name: str) -> list[UserRecord]:
+        """Accounts, not linked to `name`'s person, that go by the same display or real name as one of theirs:
+        perhaps the same person on another platform (who is only covered by an opt-out once linked)."""
+        row_id, _ = self._require_user(name)
+        group = self._person_rows(row_id)
+        marks = ", ".join("?" * len(group))
+        names = {n for r in self._records(group) for n in (r.display_name, r.real_name) if n}
+        if not names:
+            return []
+        folded = [n.casefold() for n in names]
+        wanted = ", ".join("?" * len(folded))
+        rows = self._conn.execute(
+            f"SELECT id FROM users WHERE id NOT IN ({marks}) AND coalesce(same_as, 0) NOT IN ({marks}) "
+            f"AND forgotten = 0 AND is_bot = 0 AND (casefold(display_name) IN ({wanted}) "
+            f"OR casefold(real_name) IN ({wanted})) ORDER BY id",
+            [*group, *group, *folded, *folded]).fetchall()
+        return self._records([r[0] for r in rows]) if rows else []
+
+    def link(self, name: str, other: str) -> list[UserRecord]:
+        """Make `other`'s account (and any linked to it) the same person as `name`'s: from now on their messages
+        are learned under `name`'s speaker, and an opt-out or forget of either covers both. Consent is
+        merged the careful way: if either was opted out, both are. Returns the person's accounts."""
         with self.transaction():
             row_id, user = self._require_user(name)
-            self._conn.execute("UPDATE users SET opted_out = ? WHERE id = ?", (int(opted_out), row_id))
+            other_id, other_user = self._require_user(other)
+            for u in (user, other_user):
+                if u.forgotten:
+                    raise UnknownUserError(f"'{u.speaker or u.platform_id}' was forgotten; a forgotten account "
+                                           "cannot be linked")
+            root = self._person_rows(row_id)[0]
+            moved = self._person_rows(other_id)
+            if root in moved:
+                return self._records(self._person_rows(root))
+            marks = ", ".join("?" * len(moved))
+            self._conn.execute(f"UPDATE users SET same_as = ? WHERE id IN ({marks})", [root, *moved])
+            group = self._person_rows(root)
+            gmarks = ", ".join("?" * len(group))
+            opted = self._conn.execute(f"SELECT max(opted_out) FROM users WHERE id IN ({gmarks})", group).fetchone()[0]
+            self._conn.execute(f"UPDATE users SET opted_out = ? WHERE id IN ({gmarks})", [opted, *group])
+            return self._records(group)
+
+    def unlink(self, name: str) -> UserRecord:
+        """Make an account its own person again (its opt-out stays as it is). Linked to it: they follow the
+        person's next account."""
+        with self.transaction():
+            row_id, user = self._require_user(name)
+            group = self._person_rows(row_id)
+            if len(group) == 1:
+                raise UnknownUserError(f"'{user.speaker}' is not linked to anyone")
+            if row_id == group[0]:  # the first account leaves: the next one becomes the person's first
+                rest = group[1:]
+                marks = ", ".join("?" * len(rest))
+                self._conn.execute(f"UPDATE users SET same_as = ? WHERE id IN ({marks})", [rest[0], *rest])
+                self._conn.execute("UPDATE users SET same_as = NULL WHERE id = ?", (rest[0],))
+            self._conn.execute("UPDATE users SET same_as = NULL WHERE id = ?", (row_id,))
+        return user
+
+    def set_opted_out(self, name: str, opted_out: bool) -> UserRecord:
+        """Opt a person, every account of theirs, out of (or back into) every corpus and impersonation."""
+        with self.transaction():
+            row_id, user = self._require_user(name)
+            group = self._person_rows(row_id)
+            marks = ", ".join("?" * len(group))
+            self._conn.execute(f"UPDATE users SET opted_out = ? WHERE id IN ({marks}) AND forgotten = 0",
+                               [int(opted_out), *group])
         return replace(user, opted_out=opted_out)
 
     def forget(self, name: str) -> int:
-        """Delete a person's messages and profile, keep an opted-out tombstone; returns messages deleted."""
+        """Delete a person's messages and profile, every account of theirs, keep opted-out tombstones; returns
+        messages deleted."""
         self._conn.execute("PRAGMA secure_delete = ON")  # overwrite the freed pages, not just unlink them
         try:
             with self.transaction():
                 row_id, _ = self._require_user(name)
-                deleted = self._conn.execute("DELETE FROM messages WHERE user_id = ?", (row_id,)).rowcount
+                group = self._person_rows(row_id)
+                marks = ", ".join("?" * len(group))
+                deleted = self._conn.execute(f"DELETE FROM messages WHERE user_id IN ({marks})", group).rowcount
                 self._conn.execute(
                     "UPDATE users SET handle = NULL, display_name = NULL, real_name = NULL, avatar_url = NULL, "
-                    "speaker = NULL, speaker_key = NULL, opted_out = 1, forgotten = 1 WHERE id = ?",
-                    (row_id,),
+                    f"speaker = NULL, speaker_key = NULL, opted_out = 1, forgotten = 1 WHERE id IN ({marks})",
+                    group,
                 )
             # Old copies of the pages live on in the WAL until a checkpoint; write them back now.
             self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -540,7 +636,7 @@ class Store:
     def speaker_counts(self) -> dict[str, int]:
         """Canonical speaker -> stored messages, for people who may be learned from and impersonated."""
         rows = self._conn.execute(
-            f"SELECT u.speaker, count(*) FROM messages m JOIN users u ON u.id = m.user_id WHERE {_HUMAN} "
+            f"SELECT u.speaker, count(*) FROM messages m {_AUTHOR} WHERE {_HUMAN} "
             "GROUP BY u.id ORDER BY count(*) DESC, u.speaker"
         )
         return dict(rows.fetchall())
@@ -562,20 +658,20 @@ class Store:
         users = {
             speaker: {"messages": n, "chars": chars or 0}
             for speaker, n, chars in self._conn.execute(
-                f"SELECT u.speaker, count(*), sum(length(m.text)) FROM messages m JOIN users u "
-                f"ON u.id = m.user_id WHERE {_HUMAN} GROUP BY u.id ORDER BY count(*) DESC, u.speaker"
+                f"SELECT u.speaker, count(*), sum(length(m.text)) FROM messages m {_AUTHOR} "
+                f"WHERE {_HUMAN} GROUP BY u.id ORDER BY count(*) DESC, u.speaker"
             )
         }
         labels = self._channel_labels()
         channels = {
             labels[cid]: {"messages": n}
             for cid, n in self._conn.execute(
-                f"SELECT m.channel_id, count(*) FROM messages m JOIN users u ON u.id = m.user_id "
+                f"SELECT m.channel_id, count(*) FROM messages m {_AUTHOR} "
                 f"WHERE {_HUMAN} GROUP BY m.channel_id ORDER BY count(*) DESC, m.channel_id"
             )
         }
         first, last = self._conn.execute(
-            f"SELECT min(m.created), max(m.created) FROM messages m JOIN users u ON u.id = m.user_id "
+            f"SELECT min(m.created), max(m.created) FROM messages m {_AUTHOR} "
             f"WHERE {_HUMAN}"
         ).fetchone()
         return {
@@ -591,10 +687,10 @@ class Store:
         }
 
     def _corpus_where(self, filt: CorpusFilter) -> tuple[str, list[Any]]:
-        clauses = ["u.opted_out = 0", "u.forgotten = 0", "length(m.text) >= ?"]
+        clauses = [_CONSENT, "length(m.text) >= ?"]
         args: list[Any] = [max(filt.min_chars, 1)]
         if not filt.include_bots:
-            clauses.append("u.is_bot = 0")
+            clauses.append("u.is_bot = 0 AND a.is_bot = 0")
         if filt.channels is not None:
             names = [c.lstrip("#") for c in filt.channels]
             marks = ", ".join("?" * len(names)) or "NULL"
@@ -607,14 +703,14 @@ class Store:
     def count_corpus(self, filt: CorpusFilter = CorpusFilter()) -> int:
         where, args = self._corpus_where(filt)
         return self._conn.execute(
-            f"SELECT count(*) FROM messages m JOIN users u ON u.id = m.user_id WHERE {where}", args
+            f"SELECT count(*) FROM messages m {_AUTHOR} WHERE {where}", args
         ).fetchone()[0]
 
     def corpus_cutoff(self, filt: CorpusFilter, position: int) -> tuple[float, int] | None:
         """(created, key) of the message at `position` (0-based) in time order, or None past the end."""
         where, args = self._corpus_where(filt)
         row = self._conn.execute(
-            f"SELECT m.created, m.id FROM messages m JOIN users u ON u.id = m.user_id WHERE {where} "
+            f"SELECT m.created, m.id FROM messages m {_AUTHOR} WHERE {where} "
             "ORDER BY m.created, m.id LIMIT 1 OFFSET ?",
             [*args, position],
         ).fetchone()
@@ -627,7 +723,7 @@ class Store:
             return []
         where, args = self._corpus_where(CorpusFilter())
         rows = self._conn.execute(
-            f"SELECT u.speaker, m.text FROM messages m JOIN users u ON u.id = m.user_id "
+            f"SELECT u.speaker, m.text FROM messages m {_AUTHOR} "
             f"JOIN channels c ON c.id = m.channel_id WHERE c.platform = ? AND c.platform_id = ? AND {where} "
             "ORDER BY m.created DESC, m.platform_id DESC LIMIT ?",
             [platform, channel_id, *args, limit],
@@ -640,13 +736,13 @@ class Store:
         where, args = self._corpus_where(filt)
         labels = self._channel_labels()
         order = self._conn.execute(
-            f"SELECT m.channel_id FROM messages m JOIN users u ON u.id = m.user_id WHERE {where} "
+            f"SELECT m.channel_id FROM messages m {_AUTHOR} WHERE {where} "
             "GROUP BY m.channel_id ORDER BY min(m.created), m.channel_id",
             args,
         ).fetchall()
         for (channel_id,) in order:
             rows = self._conn.execute(
-                f"SELECT u.speaker, m.text, m.created, m.id FROM messages m JOIN users u ON u.id = m.user_id "
+                f"SELECT u.speaker, m.text, m.created, m.id FROM messages m {_AUTHOR} "
                 f"WHERE m.channel_id = ? AND {where} ORDER BY m.created, m.platform_id",
                 [channel_id, *args],
             )

@@ -190,3 +190,29 @@ def test_history_discord_against_a_fake_api(cwd, capsys, monkeypatch):
         monkeypatch.setenv("DISCORD_TOKEN", "wrong")
         assert main(["history", "discord"]) == 2
         _one_line_error(capsys.readouterr().err, "Discord refused the bot token (HTTP 401 Unauthorized)")
+
+
+def test_a_failed_history_run_leaves_no_empty_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on: the API cannot be reached
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-2")
+    db = tmp_path / "new.db"
+    assert main(["history", "slack", "--db", str(db), "--api-url", f"http://127.0.0.1:{port}/api/"]) == 2
+    assert "cannot connect" in capsys.readouterr().err
+    assert not db.exists()
+
+
+def test_stats_columns_stay_aligned_with_long_channel_names() -> None:
+    from bot.cli_data import _format_stats
+
+    stats = {"messages": 3, "chars": 30, "first": None, "last": None, "opted_out": 0,
+             "users": {"ada": {"messages": 2, "chars": 20}, "a_rather_long_speaker_name_indeed_yes": {"messages": 1,
+                                                                                                     "chars": 10}},
+             "channels": {"general": {"messages": 2}, "king-john-play [856382924393372484]": {"messages": 1}}}
+    lines = _format_stats(stats).splitlines()
+    channel_rows = lines[lines.index("") + 1:][lines[lines.index("") + 1:].index("") + 1:]
+    assert len({len(row) for row in channel_rows}) == 1, channel_rows

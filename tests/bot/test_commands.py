@@ -362,3 +362,19 @@ def test_forget_goes_on_past_a_damaged_voice_memory(tmp_path: Path, caplog: pyte
     assert VoiceMemory(tmp_path / "versions" / "v2" / "model.voice.npz").speaker_id("ada") == -1
     assert "v1/model.voice.npz" in caplog.text and "unreadable voice memory" in caplog.text
 
+
+def test_forget_in_chat_takes_every_linked_account(settings: Settings, gate: ModelGate, db: Path,
+                                                    served_model: Path) -> None:
+    """Two accounts linked as one person (say Slack and Discord): forgetting one forgets both, voice memories
+    included."""
+    from engine.voice import VoiceMemory, voice_path_for
+    from training.store import Store
+
+    with Store.open(db) as store:
+        store.link("ada", "grace")
+    commands = Commands(replace(settings, slack=SlackSettings(admins=(GRACE,))), gate, StoreAccess(db))
+    assert commands.handle(slack(f"forget <@{ADA}>")).text.startswith("Forgot Ada")
+    memory = VoiceMemory(voice_path_for(served_model))
+    assert memory.speaker_id("ada") == -1 and memory.speaker_id("grace") == -1
+    with Store.open(db) as store:
+        assert store.find_user("grace") is None

@@ -15,7 +15,7 @@ def test_many_taken_names_are_counted_not_listed() -> None:
 def test_a_few_taken_names_are_each_a_warning() -> None:
     report = IngestReport()
     report.add_collisions([NameCollision("discord", "1", "ada", "ada_2")])
-    assert report.warnings == ["speaker name 'ada' is taken; discord user 1 is 'ada_2'"]
+    assert report.warnings == ["speaker name 'ada' is taken; discord user 1 is 'ada_2' (the same person? `mimic link ada ada_2`)"]
     assert "took another name" not in report.summary()
 
 

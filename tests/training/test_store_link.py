@@ -1,0 +1,100 @@
+"""One person, several accounts: `link` makes them one speaker, and consent covers them all."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bot.cli import main
+from training.errors import UnknownUserError
+from training.store import ChannelRecord, MessageRecord, Store, UserRecord
+
+
+def _team(path: Path) -> Path:
+    """Viola on Slack and on Discord (another account, so the store named it viola_2), and Orsino."""
+    with Store.open(path) as s:
+        s.upsert_workspace("slack", "T1", "Illyria")
+        s.upsert_workspace("discord", "G1", "Illyria")
+        s.upsert_channel(ChannelRecord("slack", "C1", "general", "T1"))
+        s.upsert_channel(ChannelRecord("discord", "D1", "general", "G1"))
+        s.upsert_users([UserRecord("slack", "U1", "viola", "Viola", None, workspace_id="T1"),
+                        UserRecord("slack", "U2", "orsino", "Orsino", None, workspace_id="T1")])
+        s.upsert_users([UserRecord("discord", "9", "viola", "Viola", None, workspace_id="G1")])
+        s.upsert_messages([MessageRecord("slack", "C1", "1.0", "U1", "I left no ring with her", 1.0),
+                           MessageRecord("slack", "C1", "2.0", "U2", "If music be the food of love", 2.0),
+                           MessageRecord("discord", "D1", "100", "9", "What country, friends, is this?", 3.0),
+                           MessageRecord("discord", "D1", "101", "9", "Disguise, I see thou art a wickedness", 4.0)])
+    return path
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return _team(tmp_path / "mimic.db")
+
+
+def test_two_accounts_are_two_speakers_until_linked(db: Path) -> None:
+    with Store.open(db) as s:
+        assert s.speaker_counts() == {"viola_2": 2, "orsino": 1, "viola": 1}
+        accounts = s.link("viola", "viola_2")
+        assert [a.speaker for a in accounts] == ["viola", "viola_2"]
+        assert s.speaker_counts() == {"viola": 3, "orsino": 1}
+        assert {m.speaker for m in s.iter_corpus()} == {"viola", "orsino"}
+        assert s.speaker_names("discord") == {"9": "viola"}  # a mention of the Discord account reads @viola
+
+
+def test_an_opt_out_of_either_account_covers_both(db: Path) -> None:
+    with Store.open(db) as s:
+        s.link("viola", "viola_2")
+        s.set_opted_out("viola_2", True)  # asked on Discord
+        assert s.find_user("viola").opted_out and s.find_user("viola_2").opted_out
+        assert s.speaker_counts() == {"orsino": 1}
+        s.set_opted_out("viola", False)
+        assert s.speaker_counts() == {"viola": 3, "orsino": 1}
+
+
+def test_linking_someone_opted_out_keeps_them_out(db: Path) -> None:
+    with Store.open(db) as s:
+        s.set_opted_out("viola_2", True)
+        accounts = s.link("viola", "viola_2")
+        assert all(a.opted_out for a in accounts)
+        assert s.speaker_counts() == {"orsino": 1}
+
+
+def test_forget_takes_every_account(db: Path) -> None:
+    with Store.open(db) as s:
+        s.link("viola", "viola_2")
+        assert s.forget("viola") == 3
+        assert s.find_user("viola") is None and s.find_user("viola_2") is None
+        assert s.speaker_counts() == {"orsino": 1}
+
+
+def test_unlink_makes_two_people_again(db: Path) -> None:
+    with Store.open(db) as s:
+        s.link("viola", "viola_2")
+        s.unlink("viola")  # the first account leaves: viola_2 is a person of its own
+        assert s.speaker_counts() == {"viola_2": 2, "orsino": 1, "viola": 1}
+        with pytest.raises(UnknownUserError, match="not linked"):
+            s.unlink("viola")
+
+
+def test_namesakes_are_the_unlinked_accounts_with_the_same_name(db: Path) -> None:
+    with Store.open(db) as s:
+        assert [a.speaker for a in s.namesakes("viola")] == ["viola_2"]
+        assert s.namesakes("orsino") == []
+        s.link("viola", "viola_2")
+        assert s.namesakes("viola") == []
+
+
+def test_cli_link_then_optout_and_the_namesake_warning(db: Path, capsys, caplog) -> None:
+    assert main(["optout", "viola", "--db", str(db)]) == 0
+    assert "viola_2 (discord) go by the same name as viola" in caplog.text  # not covered, and said so
+    assert main(["optin", "viola", "--db", str(db)]) == 0
+    assert main(["link", "viola", "viola_2", "--db", str(db)]) == 0
+    assert "viola and viola_2 (the same person)" in capsys.readouterr().out
+    caplog.clear()
+    assert main(["optout", "Viola", "--db", str(db)]) == 0  # by display name: both accounts have it, one person
+    assert "viola and viola_2 (the same person) are opted out" in capsys.readouterr().out
+    assert "go by the same name" not in caplog.text
+    with Store.open(db) as s:
+        assert s.speaker_counts() == {"orsino": 1}
