@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import sys
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from bot.errors import ConfigError, UsageError
+
+log = logging.getLogger(__name__)
 
 
 def _settings(args: argparse.Namespace) -> Any:
@@ -34,18 +37,31 @@ def _registry(args: argparse.Namespace) -> Any:
     return Registry.open(path)
 
 
-def _table(versions: list[Any], problem: str | None) -> str:
+def _serving_states(registry: Any, versions: list[Any]) -> dict[str, str]:
+    """What each promoted version is to the bots now: serving, was serving (rollback goes back to it), rolled
+    back (taken off after it served), or promoted (before the history was kept)."""
+    stack, named = registry.promotion_stack(), {e.get("version") for e in registry.history()}
+    out = {}
+    for v in versions:
+        if v.state == "promoted":
+            out[v.name] = ("serving" if v.current else "was serving" if v.name in stack
+                           else "rolled back" if v.name in named else "promoted")
+    return out
+
+
+def _table(versions: list[Any], problem: str | None, states: dict[str, str]) -> str:
     if not versions:
         return "no model versions yet; run `mimic retrain`"
     rows = [("", "VERSION", "STATE", "CREATED", "PARENT", "BITS/CHAR", "MESSAGES", "TRAINING", "WHY")]
     for v in versions:
+        state = states.get(v.name, v.state)
         m = v.manifest
         bpc = m.get("val_bpc")
         training = m.get("training") or {}
         decision = (m.get("decision") or {}).get("reason") or ("in progress or interrupted"
                                                                if v.state == "incomplete" else "")
         messages = ((m.get("data") or {}).get("watermark") or {}).get("messages")
-        rows.append(("*" if v.current else "", v.name, v.state, str(m.get("created", ""))[:16].replace("T", " "),
+        rows.append(("*" if v.current else "", v.name, state, str(m.get("created", ""))[:16].replace("T", " "),
                      m.get("parent") or "-", f"{bpc:.4f}" if isinstance(bpc, int | float) else "-",
                      f"{messages:,}" if isinstance(messages, int) else "-",
                      f"{training.get('mode', '-')}, {training.get('steps', '?')} steps, {training.get('device', '?')}"
@@ -63,7 +79,7 @@ def run_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([v.as_dict() for v in versions], ensure_ascii=False, indent=2))
     else:
-        print(_table(versions, registry.pointer_problem() if versions else None))
+        print(_table(versions, registry.pointer_problem() if versions else None, _serving_states(registry, versions)))
     return 0
 
 
@@ -88,7 +104,12 @@ def _picked_up(args: argparse.Namespace) -> str:
 
 
 def run_promote(args: argparse.Namespace) -> int:
-    previous = _registry(args).promote(args.version, "promoted by hand (mimic models promote)", check=_servable)
+    registry = _registry(args)
+    found = registry.locate(args.version)
+    if found is not None and found[0] == "rejected":  # the admin may know better, but should know what it was
+        reason = (registry.manifest(args.version).get("decision") or {}).get("reason") or "no reason recorded"
+        log.warning("retraining rejected %s: %s; promoting it anyway, as asked", args.version, reason)
+    previous = registry.promote(args.version, "promoted by hand (mimic models promote)", check=_servable)
     was = f" (was {previous})" if previous and previous != args.version else ""
     print(f"mimic: promoted {args.version}{was}; {_picked_up(args)}", file=sys.stderr)
     return 0
@@ -121,6 +142,8 @@ def _check_retrain_flags(args: argparse.Namespace) -> None:
             raise UsageError(f"{flag(name)} must be at least 1, not {value}")
     if args.tolerance is not None and not (math.isfinite(args.tolerance) and args.tolerance >= 0):
         raise UsageError(f"--tolerance must be a number of bits/char, 0 or more, not {args.tolerance}")
+    if args.speaker_slots is not None and args.speaker_slots < 0:
+        raise UsageError(f"--speaker-slots must be 0 (unconditioned) or more, not {args.speaker_slots}")
     if args.checkpoint_every is not None and args.checkpoint_every < 0:
         raise UsageError(f"--checkpoint-every must be 0 or more, not {args.checkpoint_every}")
     if args.device is not None and args.device not in ("auto", "cpu", "cuda") and not args.device.startswith("cuda:"):
@@ -136,7 +159,8 @@ def _retrain_options(args: argparse.Namespace) -> Any:
     from bot.retrain import options_from_settings
 
     _check_retrain_flags(args)
-    model = {k: v for k, v in (("arch", args.arch), ("hidden", args.hidden), ("layers", args.layers)) if v is not None}
+    model = {k: v for k, v in (("arch", args.arch), ("hidden", args.hidden), ("layers", args.layers),
+                                ("speaker_slots", args.speaker_slots)) if v is not None}
     return options_from_settings(
         _settings(args), time_budget=args.time_budget, steps=args.steps, from_scratch=args.from_scratch or None,
         model=model or None, tolerance=args.tolerance, batch_size=args.batch_size, seq_len=args.seq_len,
@@ -226,6 +250,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--arch")
     m.add_argument("--hidden", type=int)
     m.add_argument("--layers", type=int)
+    m.add_argument("--speaker-slots", type=int, metavar="N", help="rows of the speaker embedding: one per person "
+                   "plus one (default 1024 for gru/lstm; changing it trains from scratch)")
     t = p.add_argument_group("training")
     t.add_argument("--batch-size", type=int)
     t.add_argument("--seq-len", type=int)

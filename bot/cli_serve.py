@@ -101,13 +101,16 @@ def log_health(platform: str, settings: Settings, gate: ModelGate, stores: Store
                  f"{' with its style ranker' if model.voice.style is not None else ''}"
                  if model.voice is not None else "no voice memory")
     if stores is not None:
-        log.info("message store %s: %d messages", stores.path, stores.store().message_count())
+        log.info("message store %s: %d messages stored (opted-out people's included; `mimic stats` leaves "
+                 "them out)", stores.path, stores.store().message_count())
     if platform in ("slack", "discord"):
         section = getattr(settings, platform)
         log.info("%s: learning from %s; speaking in %s; %d admins", platform, section.learn.describe(),
                  section.speak.describe(), len(section.admins))
-    log.info("settings from %s; rate limits %d/person, %d/channel per %.0f s", settings.source,
-             settings.limits.user_limit, settings.limits.channel_limit, settings.limits.window_seconds)
+    limits = (f"rate limits {settings.limits.user_limit}/person, {settings.limits.channel_limit}/channel per "
+              f"{settings.limits.window_seconds:.0f} s" if platform in ("slack", "discord")
+              else "no rate limits on the console")
+    log.info("settings from %s; %s", settings.source, limits)
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -176,7 +179,7 @@ def run_who(args: argparse.Namespace) -> int:
     settings = load(args)
     commands, gate, _ = build_commands(settings, watch=False, one_shot=True)
     try:
-        reply = commands.handle(Invocation(CONSOLE, "cli", CONSOLE, "who"))
+        reply = commands.handle(Invocation(CONSOLE, "cli", CONSOLE, "who all" if args.all else "who"))
     finally:
         gate.close()
     print(reply.text)
@@ -213,6 +216,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("who", help="list the people the model can write as")
     _config_args(p)
+    p.add_argument("--all", action="store_true", help="everyone (otherwise the list is cut short)")
     p.set_defaults(run=run_who)
 
     p = sub.add_parser("demo", help="try Mimic offline: a made-up team, a model trained for a minute, a console",

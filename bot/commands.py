@@ -448,10 +448,12 @@ class Commands:
             text = "I can't write as anyone yet" + (f" ({too_few} people have fewer than {min_messages} messages)"
                                                    if too_few else "") + "."
             return self._private(inv, text)
-        more = f"\n…and {len(lines) - _WHO_LINES} more" if len(lines) > _WHO_LINES else ""
+        # The whole list only where it cannot flood a chat: the console and `mimic who --all`.
+        shown = len(lines) if inv.platform == CONSOLE and inv.args.strip() == "all" else _WHO_LINES
+        more = f"\n…and {len(lines) - shown} more (`mimic who --all` lists everyone)" if len(lines) > shown else ""
         note = f"\n({too_few} more need at least {min_messages} messages.)" if too_few else ""
         head = f"I can write as {len(lines)} {'person' if len(lines) == 1 else 'people'} (model {model.version}):\n"
-        return self._private(inv, head + "\n".join(lines[:_WHO_LINES]) + more + note)
+        return self._private(inv, head + "\n".join(lines[:shown]) + more + note)
 
     def _consent(self, inv: Invocation, opted_out: bool) -> Reply:
         if self.people is None:

@@ -44,7 +44,8 @@ def extend_slots(table: Mapping[str, int] | None, speakers: Iterable[str], capac
             out[name] = slot
     if left_out:
         log.warning("the model has %d speaker slots and all are taken: %d people (%s%s) are written for "
-                    "unconditioned; train from scratch with more --speaker-slots to give them their own",
+                    "unconditioned; train from scratch with more slots to give them their own (`mimic retrain "
+                    "--from-scratch --speaker-slots N`, or `mimic train --db PATH --speaker-slots N`)",
                     capacity, len(left_out), ", ".join(left_out[:5]), ", ..." if len(left_out) > 5 else "")
     return out
 

@@ -45,7 +45,8 @@ def test_list_table_and_json(tmp_path: Path, capsys: pytest.CaptureFixture) -> N
     table = capsys.readouterr().out.splitlines()
     assert table[0].split()[:3] == ["VERSION", "STATE", "CREATED"]
     current = [line for line in table if line.startswith("*")]
-    assert len(current) == 1 and names[1] in current[0] and "promoted" in current[0] and "2.4000" in current[0]
+    assert len(current) == 1 and names[1] in current[0] and "serving" in current[0] and "2.4000" in current[0]
+    assert any(names[0] in line and "was serving" in line for line in table)
     assert any(names[2] in line and "rejected" in line and "worse than" in line for line in table)
 
     assert main(["models", "list", "--json", "--data-dir", str(tmp_path)]) == 0
@@ -71,6 +72,10 @@ def test_promote_and_rollback(tmp_path: Path, capsys: pytest.CaptureFixture, tin
     assert main(["models", "rollback", "--data-dir", str(tmp_path)]) == 0
     assert reg.current() == names[0]
     capsys.readouterr()
+    assert main(["models", "list", "--data-dir", str(tmp_path)]) == 0
+    table = {line.lstrip("* ").split()[0]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    # Both later versions were taken off again: the table says so, not "promoted".
+    assert "serving" in table[names[0]] and all("rolled back" in table[n] for n in names[1:])
     _one_line_error(capsys, main(["models", "rollback", "--data-dir", str(tmp_path)]), "nothing to roll back to")
     _one_line_error(capsys, main(["models", "promote", "nope", "--data-dir", str(tmp_path)]), "no version 'nope'")
 
@@ -85,7 +90,7 @@ def test_config_file_and_flags_that_override_it(tmp_path: Path, capsys: pytest.C
                       "tolerance = 0.5\nkeep_versions = 3\n")
     _registry_with(tmp_path / "from-config", 1)
     assert main(["models", "list", "--config", str(config)]) == 0
-    assert "promoted" in capsys.readouterr().out
+    assert "serving" in capsys.readouterr().out
 
     args = build_parser().parse_args(["retrain", "--config", str(config)])
     opts = cli_models._retrain_options(args)
@@ -94,11 +99,11 @@ def test_config_file_and_flags_that_override_it(tmp_path: Path, capsys: pytest.C
 
     args = build_parser().parse_args(["retrain", "--config", str(config), "--data-dir", str(tmp_path / "flag"),
                                       "--db", str(tmp_path / "other.db"), "--time-budget", "7", "--from-scratch",
-                                      "--hidden", "64"])
+                                      "--hidden", "64", "--speaker-slots", "2048"])
     opts = cli_models._retrain_options(args)
     assert opts.data_dir == tmp_path / "flag" and opts.registry == tmp_path / "flag" / "models"
     assert opts.db == tmp_path / "other.db" and opts.time_budget == 7.0 and opts.from_scratch
-    assert opts.model == {"hidden": 64}
+    assert opts.model == {"hidden": 64, "speaker_slots": 2048}
 
 
 def test_retrain_exits_at_once_when_a_run_holds_the_lock(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -130,6 +135,7 @@ def test_scheduler_rejects_a_bad_schedule(tmp_path: Path, capsys: pytest.Capture
     (["--time-budget", "0"], "--time-budget must be a positive number"), (["--steps", "0"], "--steps must be at least 1"),
     (["--threads", "0"], "--threads must be at least 1"), (["--lr", "-1"], "--lr must be a positive number"),
     (["--device", "gpu"], "--device must be auto, cpu, cuda"), (["--arch", "foo"], "--arch must be one of"),
+    (["--speaker-slots", "-1"], "--speaker-slots must be 0"),
 ])
 def test_retrain_flags_are_checked_before_any_run_is_recorded(tmp_path: Path, capsys: pytest.CaptureFixture,
                                                               flags: list[str], needle: str) -> None:
@@ -178,3 +184,11 @@ def test_promote_refuses_a_chat_version_without_its_copy_index(tmp_path: Path, c
     _one_line_error(capsys, main(["models", "promote", names[1], "--data-dir", str(tmp_path)]),
                     "missing model.copyindex.npy")
     assert reg.current() == names[0]
+
+
+def test_promoting_a_rejected_version_says_why_it_was_rejected(tmp_path: Path, tiny_model: Path,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    names = _registry_with(tmp_path, 1, rejected=1, model=tiny_model)
+    assert main(["models", "promote", names[1], "--data-dir", str(tmp_path)]) == 0
+    assert f"retraining rejected {names[1]}: worse than the current one; promoting it anyway" in caplog.text
+    assert Registry(tmp_path / "models").current() == names[1]

@@ -378,3 +378,14 @@ def test_forget_in_chat_takes_every_linked_account(settings: Settings, gate: Mod
     assert memory.speaker_id("ada") == -1 and memory.speaker_id("grace") == -1
     with Store.open(db) as store:
         assert store.find_user("grace") is None
+
+
+def test_who_all_lists_everyone_on_the_console_only(commands: Commands, monkeypatch: pytest.MonkeyPatch) -> None:
+    import bot.commands
+
+    monkeypatch.setattr(bot.commands, "_WHO_LINES", 2)  # five people, two shown
+    short = commands.handle(console("who")).text
+    assert "…and 3 more (`mimic who --all` lists everyone)" in short
+    everyone = commands.handle(console("who all")).text
+    assert "more (" not in everyone and everyone.count("• ") == 5
+    assert commands.handle(slack("who all")).text.count("• ") == 2  # never a flood in a chat
