@@ -60,6 +60,14 @@ class StoreAccess:
     def person_by_id(self, platform: str, platform_id: str) -> UserRecord | None:
         return self.store().user_by_platform_id(platform, platform_id)
 
+    def person_of(self, user: UserRecord) -> UserRecord:
+        """The person an account belongs to: its first account when linked (whose speaker name the model
+        knows them by), else the account itself."""
+        return self.store().accounts(user.speaker)[0] if user.speaker else user
+
+    def speaker_of(self, platform: str, platform_id: str) -> str | None:
+        return self.store().speaker_of(platform, platform_id)
+
     def find_person(self, name: str) -> UserRecord | None:
         """Speaker name, platform id, handle, display or real name (UnknownUserError when ambiguous)."""
         return self.store().find_user(name)
@@ -87,7 +95,7 @@ class StoreAccess:
         """Forget a person, every linked account of theirs: (messages deleted, the speaker names they had, for
         the voice memories)."""
         store = self.store()
-        names = [a.speaker for a in store.accounts(speaker) if a.speaker]
+        names = store.learned_names(speaker)
         return store.forget(speaker), names
 
     def conversation(self, platform: str, channel_id: str, lines: int) -> list[tuple[str, str]]:

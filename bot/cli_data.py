@@ -153,9 +153,10 @@ def run_forget(args: argparse.Namespace) -> int:
             _confirm(f"Delete everything stored about '{args.name}' (every linked account) and opt them out for "
                      "good? [y/N] ")
         accounts, namesakes = store.accounts(args.name), store.namesakes(args.name)
+        learned = store.learned_names(args.name)
         deleted = store.forget(args.name)
     model = args.model or _storage(args).model_path
-    memories = sum(forget_in_models(model, a.speaker) for a in accounts if a.speaker)
+    memories = sum(forget_in_models(model, name) for name in learned)
     print(f"mimic: forgot {_person(accounts)}: {deleted} messages deleted, removed from {memories} voice "
           "memories; they stay opted out")
     _warn_namesakes(accounts[0].speaker, namesakes, "forget")

@@ -199,7 +199,8 @@ def run_retrain(args: argparse.Namespace) -> int:
         print(json.dumps(outcome.as_dict(), ensure_ascii=False, indent=2))
     if not outcome.ok:
         print(f"mimic: {outcome.summary()}", file=sys.stderr)
-        return 130 if outcome.interrupted else 2  # Ctrl-C exits 130 whichever stage it lands in
+        # Ctrl-C exits 130 whichever stage it lands in; SIGTERM 143, as everywhere else
+        return (143 if outcome.terminated else 130) if outcome.interrupted else 2
     if not args.json:
         print(outcome.summary())
     return 0

@@ -376,6 +376,8 @@ class Commands:
         forgotten people, and people with too few messages. `also`: other names the user may have meant,
         for the "no such person" reply."""
         user, typed = self._find_user(platform, person)
+        if user is not None and self.people is not None:
+            user = self.people.person_of(user)  # a linked account: the model knows its person's name
         query = user.speaker if user is not None and user.speaker else typed
         if user is not None and (user.opted_out or user.forgotten):
             raise OptedOutError(f"{shown_name(user, Speaker(query, 0))} has opted out of being impersonated, sorry.")
@@ -523,9 +525,8 @@ class Commands:
     def _name_of(self, platform: str) -> Callable[[str], str | None]:
         people = self.people
 
-        def name_of(user_id: str) -> str | None:
-            user = people.person_by_id(platform, user_id) if people else None
-            return (user.speaker or None) if user else None
+        def name_of(user_id: str) -> str | None:  # a linked account reads as its person, as in the corpus
+            return people.speaker_of(platform, user_id) if people else None
 
         return name_of
 

@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import os
+import signal
 import sqlite3
 import urllib.request
 from collections.abc import Callable
@@ -216,6 +217,11 @@ class RetrainOutcome:
     def interrupted(self) -> bool:
         """Stopped by Ctrl-C (or SIGTERM) during training, its checkpoint kept for the next run."""
         return self.status == "failed" and self.stage == "train" and self.reason.startswith(INTERRUPTED)
+
+    @property
+    def terminated(self) -> bool:
+        """Interrupted by SIGTERM (a service manager stopping it) rather than Ctrl-C."""
+        return self.interrupted and self.reason.startswith(f"{INTERRUPTED} by SIGTERM")
 
     def summary(self) -> str:
         if self.status == "promoted":
@@ -532,7 +538,8 @@ def _steps(registry: Registry, opts: RetrainOptions, run: str, events: EventFn,
                                  on_progress=_progress_events(events, on_progress))
     if result.interrupted:
         state["keep_staging"] = True  # Ctrl-C: the checkpoint is there to resume from
-        raise _Failed("train", f"{INTERRUPTED} at step {result.step}; the next run resumes from its checkpoint")
+        by = " by SIGTERM" if result.stop_signal == signal.SIGTERM else ""
+        raise _Failed("train", f"{INTERRUPTED}{by} at step {result.step}; the next run resumes from its checkpoint")
 
     state["stage"] = "export"
     events("exporting to ONNX (with the parity check)")

@@ -119,9 +119,9 @@ class DiscordConverter:
         if author["id"] not in self._authors_seen:
             self._authors_seen.add(author["id"])
             self.report.add_collisions(self.store.upsert_users([discord_user(author, guild_id)]))
-            stored = self.store.user_by_platform_id(PLATFORM, author["id"])
-            if stored is not None and stored.speaker is not None:
-                self.speakers[author["id"]] = stored.speaker
+            speaker = self.store.speaker_of(PLATFORM, author["id"])  # a linked account reads as its person
+            if speaker is not None:
+                self.speakers[author["id"]] = speaker
         for role in author.get("roles") or ():
             if isinstance(role, dict) and isinstance(role.get("id"), str) and isinstance(role.get("name"), str):
                 self.roles[role["id"]] = role["name"]

@@ -145,8 +145,7 @@ class SlackConverter:
         self._profiles[user_id] = (created, record)
         self.report.add_collisions(self.store.upsert_users([record]))
         if user_id not in self.speakers:
-            stored = self.store.user_by_platform_id(PLATFORM, user_id)
-            self.speakers[user_id] = (stored.speaker if stored else None) or user_id
+            self.speakers[user_id] = self.store.speaker_of(PLATFORM, user_id) or user_id
 
     def deleted_ts(self, message: Any) -> str | None:
         """The ts of a message the source marks as deleted (a thread tombstone, a message_deleted event)."""

@@ -160,7 +160,13 @@ _SCHEMA_V1 = (
 # v2: the corpus's time split asks for "the n-th message by time"; without this index that is a full sort.
 _SCHEMA_V2 = ("CREATE INDEX messages_by_time ON messages (created)",)
 # v3: an account may be the same person as another (`link`): their messages count as that person's.
-_SCHEMA_V3 = ("ALTER TABLE users ADD COLUMN same_as INTEGER REFERENCES users(id)",)
+# `learned_as` remembers every person's name an account was learned under, so that forgetting it after an unlink
+# still reaches the voice memories built while it was linked.
+_SCHEMA_V3 = ("ALTER TABLE users ADD COLUMN same_as INTEGER REFERENCES users(id)",
+              """CREATE TABLE learned_as (
+        user_id INTEGER NOT NULL REFERENCES users(id),
+        speaker TEXT NOT NULL,
+        UNIQUE (user_id, speaker))""")
 MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3)
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -458,6 +464,25 @@ class Store:
         by_id = {row[0]: _user_from_row(row[1:]) for row in rows}
         return [by_id[r] for r in row_ids]
 
+    def speaker_of(self, platform: str, platform_id: str) -> str | None:
+        """The speaker name an account's messages are learned under: its person's (the first account's when
+        linked), None for a tombstone or an account never seen."""
+        row = self._conn.execute(
+            "SELECT u.speaker FROM users a JOIN users u ON u.id = coalesce(a.same_as, a.id) "
+            "WHERE a.platform = ? AND a.platform_id = ?", (platform, platform_id)).fetchone()
+        return row[0] if row else None
+
+    def learned_names(self, name: str) -> list[str]:
+        """Every speaker name the person's words may be learned under (voice memories are built per name):
+        their accounts' own, and the names of people any of them was linked to, now or before an unlink."""
+        row_id, _ = self._require_user(name)
+        group = self._person_rows(row_id)
+        marks = ", ".join("?" * len(group))
+        names = [r.speaker for r in self._records(group) if r.speaker]
+        names += [r[0] for r in self._conn.execute(
+            f"SELECT speaker FROM learned_as WHERE user_id IN ({marks}) ORDER BY speaker", group)]
+        return list(dict.fromkeys(names))
+
     def accounts(self, name: str) -> list[UserRecord]:
         """Every account of the person going by `name` (their first account first): one, unless linked."""
         row_id, _ = self._require_user(name)
@@ -498,6 +523,9 @@ class Store:
                 return self._records(self._person_rows(root))
             marks = ", ".join("?" * len(moved))
             self._conn.execute(f"UPDATE users SET same_as = ? WHERE id IN ({marks})", [root, *moved])
+            self._conn.execute(f"INSERT OR IGNORE INTO learned_as (user_id, speaker) SELECT id, "
+                               f"(SELECT speaker FROM users WHERE id = ?) FROM users WHERE id IN ({marks})",
+                               [root, *moved])
             group = self._person_rows(root)
             gmarks = ", ".join("?" * len(group))
             opted = self._conn.execute(f"SELECT max(opted_out) FROM users WHERE id IN ({gmarks})", group).fetchone()[0]
@@ -682,7 +710,8 @@ class Store:
             "first": _iso(first),
             "last": _iso(last),
             "opted_out": self._conn.execute(
-                "SELECT count(*) FROM users u WHERE u.is_bot = 0 AND (u.opted_out = 1 OR u.forgotten = 1)"
+                "SELECT count(DISTINCT coalesce(u.same_as, u.id)) FROM users u "
+                "WHERE u.is_bot = 0 AND (u.opted_out = 1 OR u.forgotten = 1)"
             ).fetchone()[0],
         }
 

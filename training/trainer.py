@@ -435,6 +435,7 @@ def train(
             if history and not interrupted:
                 history[-1]["val_bpc"] = final_val
         path = checkpoint(None if math.isnan(final_val) else final_val)
+    interrupted = interrupted or stop.signal is not None  # also a signal noted while the last checkpoint was saved
     ddp.close()
     return TrainResult(path, step, final_val, elapsed_before + spent,
                        batcher.chars_per_step * ddp.world * (step - first_step) / max(spent, 1e-9),

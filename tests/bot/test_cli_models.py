@@ -159,6 +159,11 @@ def test_retrain_interrupted_in_training_exits_130(tmp_path: Path, capsys: pytes
     assert stopped.interrupted and not RetrainOutcome("failed", "disk full", "r", stage="train").interrupted
     assert main(["retrain", "--data-dir", str(tmp_path)]) == 130
     assert "interrupted at step 54" in capsys.readouterr().err
+    terminated = RetrainOutcome("failed", "interrupted by SIGTERM at step 54; the next run resumes from its "
+                                "checkpoint", "r", stage="train")
+    monkeypatch.setattr(bot.retrain, "run_retrain", lambda *a, **k: terminated)
+    assert terminated.interrupted and terminated.terminated and not stopped.terminated
+    assert main(["retrain", "--data-dir", str(tmp_path)]) == 143  # as every other command exits on SIGTERM
 
 
 def test_promote_and_rollback_refuse_a_version_that_does_not_load(tmp_path: Path, capsys: pytest.CaptureFixture,

@@ -389,3 +389,16 @@ def test_who_all_lists_everyone_on_the_console_only(commands: Commands, monkeypa
     everyone = commands.handle(console("who all")).text
     assert "more (" not in everyone and everyone.count("• ") == 5
     assert commands.handle(slack("who all")).text.count("• ") == 2  # never a flood in a chat
+
+
+def test_a_linked_account_is_impersonated_as_its_person(settings: Settings, gate: ModelGate, db: Path) -> None:
+    """grace's account linked to ada's: the model learns them as ada from the next training on, so asking for
+    grace (by name or mention) writes as ada rather than "not in the model"."""
+    from training.store import Store
+
+    with Store.open(db) as store:
+        store.link("ada", "grace")
+    commands = Commands(settings, gate, StoreAccess(db))
+    for person in ("grace", f"<@{GRACE}>"):
+        reply = commands.handle(slack(f"impersonate {person}"))
+        assert not reply.private and reply.as_name == "Ada (mimic)", reply.text

@@ -167,3 +167,16 @@ def test_a_resumed_time_budget_continues_the_decay(tmp_path: Path) -> None:
     cfg = _cfg(steps=1, time_budget=1e6, min_lr_ratio=0.05)
     train(TEXT, ModelConfig(hidden=16), cfg, tmp_path, resume=run.checkpoint, on_progress=lambda p: rates.append(p.lr))
     assert rates[0] == pytest.approx(cfg.lr * (0.05 + 0.95 * 0.5), rel=1e-3)
+
+
+def test_a_signal_while_the_last_checkpoint_is_saved_still_stops(tmp_path: Path, monkeypatch) -> None:
+    real = trainer.save_checkpoint
+
+    def save(path, payload):
+        signal.raise_signal(signal.SIGTERM)  # noted, not raised: the file is written whole
+        return real(path, payload)
+
+    monkeypatch.setattr(trainer, "save_checkpoint", save)
+    result = train(TEXT, ModelConfig(hidden=16), _cfg(steps=3), tmp_path)
+    assert result.interrupted and result.stop_signal == signal.SIGTERM  # no export after it: the user asked to stop
+    assert load_checkpoint(tmp_path / "last.pt")["step"] == 3

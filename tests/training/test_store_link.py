@@ -98,3 +98,40 @@ def test_cli_link_then_optout_and_the_namesake_warning(db: Path, capsys, caplog)
     assert "go by the same name" not in caplog.text
     with Store.open(db) as s:
         assert s.speaker_counts() == {"orsino": 1}
+
+
+def test_forget_after_an_unlink_still_reaches_the_name_it_was_learned_under(db: Path) -> None:
+    """While linked, viola_2's words went into viola's voice memory; forgetting viola_2 after an unlink must
+    clear that memory too (until the next retraining rebuilds it without them)."""
+    with Store.open(db) as s:
+        s.link("viola", "viola_2")
+        s.unlink("viola_2")
+        assert s.learned_names("viola_2") == ["viola_2", "viola"]
+        assert s.learned_names("orsino") == ["orsino"]
+
+
+def test_a_linked_account_reads_as_its_person(db: Path) -> None:
+    with Store.open(db) as s:
+        assert s.speaker_of("discord", "9") == "viola_2"
+        s.link("viola", "viola_2")
+        assert s.speaker_of("discord", "9") == "viola" and s.speaker_of("slack", "U2") == "orsino"
+        assert s.speaker_of("slack", "nobody") is None
+
+
+def test_stats_counts_an_opted_out_person_once(db: Path) -> None:
+    with Store.open(db) as s:
+        s.link("viola", "viola_2")
+        s.set_opted_out("viola", True)
+        assert s.stats()["opted_out"] == 1
+
+
+def test_cli_forget_after_unlink_clears_both_voice_memories(db: Path, tmp_path: Path, monkeypatch) -> None:
+    import bot.forget
+
+    cleared: list[str] = []
+    monkeypatch.setattr(bot.forget, "forget_in_models", lambda model, speaker: cleared.append(speaker) or 1)
+    with Store.open(db) as s:
+        s.link("viola", "viola_2")
+        s.unlink("viola_2")
+    assert main(["forget", "viola_2", "--yes", "--db", str(db), "--model", str(tmp_path / "models")]) == 0
+    assert cleared == ["viola_2", "viola"]
