@@ -29,7 +29,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,6 +131,21 @@ def promotion_history(root: Path) -> list[tuple[str, str]]:
     return out
 
 
+def promotion_stack(events: Iterable[tuple[str, str]]) -> list[str]:
+    """Versions promoted in turn, from (action, version) events oldest first, a rollback popping back to its
+    version: the top is what should be current. export/registry.py reads its history with this too."""
+    stack: list[str] = []
+    for action, version in events:
+        if action == "rollback":
+            while stack and stack[-1] != version:
+                stack.pop()
+            if not stack:
+                stack.append(version)
+        elif not stack or stack[-1] != version:
+            stack.append(version)
+    return stack
+
+
 def fallback_versions(root: str | Path) -> list[str]:
     """The versions in `root/versions` to serve when `current` is broken, best first (see the module docstring):
     the promotion stack from the top, then versions the history never names, newest first. Rolled-back ones
@@ -140,39 +155,32 @@ def fallback_versions(root: str | Path) -> list[str]:
         present = sorted((d.name for d in (root / VERSIONS).iterdir() if d.is_dir()), reverse=True)
     except OSError:
         return []
-    stack: list[str] = []
-    named = set()
-    for action, version in promotion_history(root):
-        named.add(version)
-        if action == "rollback":
-            while stack and stack[-1] != version:
-                stack.pop()
-            if not stack:
-                stack.append(version)
-        elif not stack or stack[-1] != version:
-            stack.append(version)
-    ranked = list(dict.fromkeys(reversed(stack)))
+    events = list(promotion_history(root))
+    named = {version for _, version in events}
+    ranked = list(dict.fromkeys(reversed(promotion_stack(events))))
     return [v for v in ranked if v in present] + [v for v in present if v not in named]
 
 
-# Unexpected load errors already logged with their traceback: a retry logs one line, not the traceback again.
-_TRACED: set[tuple[str, str]] = set()
+class FailureLog:
+    """How a failed load is logged: one line for a ModelLoadError. Anything else is a damaged file nobody
+    foresaw or a bug of ours: its traceback is logged the first time, so it is never hidden, and a retry of the
+    same failure logs one line, not the traceback again."""
 
+    def __init__(self) -> None:
+        self._traced: set[tuple[str, str]] = set()
 
-def log_load_failure(what: str, exc: BaseException) -> None:
-    """`what` and why, one line for a ModelLoadError. Anything else is a damaged file nobody foresaw or a bug
-    of ours: its traceback is logged the first time, so it is never hidden."""
-    if isinstance(exc, ModelLoadError):
-        log.error("%s: %s", what, exc)
-        return
-    key = (what, damage(exc))
-    if key in _TRACED:
-        log.error("%s: %s (traceback logged earlier)", what, damage(exc))
-        return
-    if len(_TRACED) > 100:
-        _TRACED.clear()
-    _TRACED.add(key)
-    log.error("%s: %s", what, damage(exc), exc_info=exc)
+    def __call__(self, what: str, exc: BaseException) -> None:
+        if isinstance(exc, ModelLoadError):
+            log.error("%s: %s", what, exc)
+            return
+        key = (what, damage(exc))
+        if key in self._traced:
+            log.error("%s: %s (traceback logged earlier)", what, damage(exc))
+            return
+        if len(self._traced) > 100:
+            self._traced.clear()
+        self._traced.add(key)
+        log.error("%s: %s", what, damage(exc), exc_info=exc)
 
 
 class ModelSource:
@@ -187,6 +195,7 @@ class ModelSource:
         self.clock = clock
         self._seen: object = None  # the identity of what is being served; set only once it loaded
         self._failed: tuple[object, float] | None = None  # an identity that failed to load, and when
+        self._log_failure = FailureLog()
 
     def _identity(self) -> object:
         """The served files' identity: the pointer and its version's files in a registry, else the file and
@@ -227,9 +236,9 @@ class ModelSource:
             if not self.registry:
                 if isinstance(exc, ModelLoadError):
                     raise  # the caller says it in one line (ModelGate: "no model loaded yet")
-                log_load_failure(f"model {self.path} not loaded", exc)  # unforeseen: with its traceback
+                self._log_failure(f"model {self.path} not loaded", exc)  # unforeseen: with its traceback
                 raise ModelLoadError(f"{self.path}: cannot be loaded ({damage(exc)})") from exc
-            log_load_failure(f"model registry {self.path}: current version unusable; trying the last good one", exc)
+            self._log_failure(f"model registry {self.path}: current version unusable; trying the last good one", exc)
             self._failed = (ident, self.clock())  # poll() tries `current` again after retry_seconds
             return self._fallback(_pointer(ident))
         self._seen = ident
@@ -243,7 +252,7 @@ class ModelSource:
             try:
                 model = self._load_version(name)
             except Exception as exc:
-                log_load_failure(f"model registry {self.path}: version {name} unusable", exc)
+                self._log_failure(f"model registry {self.path}: version {name} unusable", exc)
                 continue
             log.warning("serving %s from %s", name, self.path)
             self._seen = ident
@@ -263,7 +272,7 @@ class ModelSource:
             model = self._load(ident)
         except Exception as exc:
             self._failed = (ident, now)
-            log_load_failure(f"new model at {self.path} not loaded, still serving the previous one", exc)
+            self._log_failure(f"new model at {self.path} not loaded, still serving the previous one", exc)
             return None
         self._seen, self._failed = ident, None
         return model

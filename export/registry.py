@@ -287,20 +287,12 @@ class Registry:
         return read_lines(self.root / PROMOTIONS_FILE)
 
     def promotion_stack(self) -> list[str]:
-        """Versions promoted in turn, with rolled-back ones popped: the top is what should be current."""
-        stack: list[str] = []
-        for event in self.history():
-            version = event.get("version")
-            if not isinstance(version, str):
-                continue
-            if event.get("action") == "rollback":
-                while stack and stack[-1] != version:
-                    stack.pop()
-                if not stack:
-                    stack.append(version)
-            elif not stack or stack[-1] != version:
-                stack.append(version)
-        return stack
+        """Versions promoted in turn, with rolled-back ones popped: the top is what should be current (read
+        as the bots read it when `current` is broken: engine/model_source.py)."""
+        from engine.model_source import promotion_stack
+
+        return promotion_stack((str(e.get("action")), e["version"]) for e in self.history()
+                               if isinstance(e.get("version"), str))
 
     def rollback_target(self) -> str | None:
         """The version promoted before the current one that is still there to go back to."""
