@@ -28,7 +28,10 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     src = p.add_argument_group("what to train on (one of)")
     src.add_argument("file", nargs="?", help="a text file (like Darknet's -file)")
     src.add_argument("-file", "--file", dest="file_flag", metavar="FILE", help="same, Darknet's spelling")
-    src.add_argument("--db", metavar="PATH", help="a Mimic message store: train on its speaker-tagged corpus")
+    src.add_argument("--db", metavar="PATH", nargs="?", const="", help="a Mimic message store: train on its "
+                     "speaker-tagged corpus (--db alone: [storage] of the config, else data/mimic.db)")
+    src.add_argument("--config", metavar="PATH", help="a config.toml for --db alone (default: $MIMIC_CONFIG, else "
+                     "built-in defaults)")
     m = p.add_argument_group("model")
     m.add_argument("--arch", help="gru (default), lstm or darknet-rnn")
     m.add_argument("--hidden", type=int, help="hidden size (default 256: see the README's benchmark)")
@@ -67,9 +70,11 @@ def run_train(args: argparse.Namespace) -> int:
     from bot.progress import TrainingBar
     from training.checkpoint import load_checkpoint
 
-    sources = [s for s in (args.file, args.file_flag, args.db) if s]
+    sources = [s for s in (args.file, args.file_flag, args.db) if s is not None]
     if len(sources) != 1:
-        raise UsageError("give exactly one of: a text FILE, -file FILE or --db PATH")
+        raise UsageError("give exactly one of: a text FILE, -file FILE or --db [PATH]")
+    if args.db == "":  # --db alone: the store the bots serve from
+        args.db = str(config_storage(args.config).database_path)
     ckpt = load_checkpoint(args.resume) if args.resume else None
     model_cfg = train_plan.model_config(args, ckpt)
     train_cfg = train_plan.train_config(args, ckpt)

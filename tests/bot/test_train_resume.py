@@ -180,3 +180,17 @@ def test_a_signal_while_the_last_checkpoint_is_saved_still_stops(tmp_path: Path,
     result = train(TEXT, ModelConfig(hidden=16), _cfg(steps=3), tmp_path)
     assert result.interrupted and result.stop_signal == signal.SIGTERM  # no export after it: the user asked to stop
     assert load_checkpoint(tmp_path / "last.pt")["step"] == 3
+
+
+def test_train_db_alone_trains_on_the_configs_store(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from tests.bot.eval_fixtures import build_store, chat_messages
+
+    db = build_store(tmp_path / "team" / "mimic.db", chat_messages(200))
+    config = tmp_path / "mimic.toml"
+    config.write_text(f'[storage]\ndatabase = "{db}"\n')
+    out = tmp_path / "run"
+    assert main(["train", "--db", "--config", str(config), *SMALL, "--steps", "2", "--out", str(out),
+                 "--no-export"]) == 0
+    assert load_checkpoint(out / "last.pt")["corpus"]["kind"] == "chat"
+    assert main(["train", str(tmp_path / "x.txt"), "--db", "--config", str(config), "--steps", "1"]) == 2
+    assert "give exactly one of" in capsys.readouterr().err
