@@ -126,14 +126,17 @@ def _person(accounts: list[Any]) -> str:
 
 def _warn_namesakes(speaker: str | None, namesakes: list[Any], verb: str) -> None:
     """Other accounts going by the same name may be the same person on another platform, whom an opt-out or
-    forget does not cover until they are linked: say so, with the command that links them."""
+    forget does not cover until they are linked: say so, with the command that covers them."""
     if not namesakes:
         return
     others = ", ".join(f"{a.speaker} ({a.platform})" for a in namesakes[:5])
     more = f" and {len(namesakes) - 5} more" if len(namesakes) > 5 else ""
+    if verb == "forget":  # the person is gone: linking is no longer possible, forgetting the others is
+        fix = f"forget them too (`mimic forget {namesakes[0].speaker}`)"
+    else:
+        fix = f"link them (`mimic link {speaker} {namesakes[0].speaker}`), then this covers them too"
     log.warning("%s%s go by the same name as %s but are separate accounts, not covered by this %s; if they are "
-                "the same person, link them (`mimic link %s %s`), then this covers them too", others, more,
-                speaker, verb, speaker, namesakes[0].speaker)
+                "the same person, %s", others, more, speaker, verb, fix)
 
 
 def run_optout(args: argparse.Namespace) -> int:

@@ -179,7 +179,7 @@ def run_who(args: argparse.Namespace) -> int:
     settings = load(args)
     commands, gate, _ = build_commands(settings, watch=False, one_shot=True)
     try:
-        reply = commands.handle(Invocation(CONSOLE, "cli", CONSOLE, "who all" if args.all else "who"))
+        reply = commands.handle(Invocation(CONSOLE, "cli", CONSOLE, "who", "all" if args.all else ""))
     finally:
         gate.close()
     print(reply.text)

@@ -379,7 +379,12 @@ class Commands:
         if user is not None and self.people is not None:
             user = self.people.person_of(user)  # a linked account: the model knows its person's name
         query = user.speaker if user is not None and user.speaker else typed
-        if user is not None and (user.opted_out or user.forgotten):
+        if user is not None and user.forgotten:  # found by the name they had, kept only to refuse it
+            model = service.holder.get()
+            known = next((sp for form in name_forms(query) if (sp := model.speakers.find(form)) is not None), None)
+            raise OptedOutError(f"{known.shown_name if known else query} asked to be forgotten; I won't write as "
+                                "them.")
+        if user is not None and user.opted_out:
             raise OptedOutError(f"{shown_name(user, Speaker(query, 0))} has opted out of being impersonated, sorry.")
         model = service.holder.get()
         if not len(model.speakers):

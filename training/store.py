@@ -26,6 +26,7 @@ Design decisions:
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -193,6 +194,15 @@ _USER_COLUMNS = (
 )
 
 
+_FORGOTTEN = "forgotten:"  # a tombstone's speaker_key prefix: ':' never appears in a speaker name
+
+
+def _tombstone_key(key: str) -> str:
+    """What a forgotten person's name is kept as: a digest that keeps the name taken and lets the bot refuse
+    it, without keeping the name itself."""
+    return _FORGOTTEN + hashlib.sha256(key.casefold().encode("utf-8")).hexdigest()[:24]
+
+
 def _user_from_row(row: tuple[Any, ...]) -> UserRecord:
     return UserRecord(
         platform=row[0], platform_id=row[1], handle=row[2], display_name=row[3], real_name=row[4],
@@ -357,9 +367,11 @@ class Store:
     # ---- users and identity -------------------------------------------------------------------------
 
     def _free_speaker_name(self, wanted: str) -> str:
+        """`wanted`, or `wanted_2`, ...: never a name someone has, or had before they were forgotten (a model
+        trained on them still knows that name: a newcomer given it would be written as with their words)."""
         candidate, n = wanted, 1
         while self._conn.execute(
-            "SELECT 1 FROM users WHERE speaker_key = ?", (candidate.casefold(),)
+            "SELECT 1 FROM users WHERE speaker_key IN (?, ?)", (candidate.casefold(), _tombstone_key(candidate))
         ).fetchone():
             n += 1
             candidate = f"{wanted}_{n}"
@@ -426,6 +438,7 @@ class Store:
         base = f"SELECT {_USER_COLUMNS} FROM users u LEFT JOIN workspaces w ON w.id = u.workspace_id WHERE "
         for where, arg in (
             ("u.speaker_key = ?", folded),
+            ("u.speaker_key = ?", _tombstone_key(folded)),  # a forgotten person, so that they are refused
             ("u.platform_id = ? AND u.forgotten = 0", wanted),
             ("? IN (casefold(u.handle), casefold(u.display_name), casefold(u.real_name))", folded),
         ):
@@ -520,7 +533,8 @@ class Store:
             root = self._person_rows(row_id)[0]
             moved = self._person_rows(other_id)
             if root in moved:
-                return self._records(self._person_rows(root))
+                what = "the same account" if row_id == other_id else "already the same person"
+                raise UnknownUserError(f"'{name}' and '{other}' are {what}")
             marks = ", ".join("?" * len(moved))
             self._conn.execute(f"UPDATE users SET same_as = ? WHERE id IN ({marks})", [root, *moved])
             self._conn.execute(f"INSERT OR IGNORE INTO learned_as (user_id, speaker) SELECT id, "
@@ -552,6 +566,8 @@ class Store:
         """Opt a person, every account of theirs, out of (or back into) every corpus and impersonation."""
         with self.transaction():
             row_id, user = self._require_user(name)
+            if user.forgotten:
+                raise UnknownUserError(f"'{name}' was forgotten; they stay opted out for good")
             group = self._person_rows(row_id)
             marks = ", ".join("?" * len(group))
             self._conn.execute(f"UPDATE users SET opted_out = ? WHERE id IN ({marks}) AND forgotten = 0",
@@ -564,15 +580,19 @@ class Store:
         self._conn.execute("PRAGMA secure_delete = ON")  # overwrite the freed pages, not just unlink them
         try:
             with self.transaction():
-                row_id, _ = self._require_user(name)
+                row_id, user = self._require_user(name)
+                if user.forgotten:
+                    raise UnknownUserError(f"'{name}' was forgotten already")
                 group = self._person_rows(row_id)
                 marks = ", ".join("?" * len(group))
                 deleted = self._conn.execute(f"DELETE FROM messages WHERE user_id IN ({marks})", group).rowcount
-                self._conn.execute(
-                    "UPDATE users SET handle = NULL, display_name = NULL, real_name = NULL, avatar_url = NULL, "
-                    f"speaker = NULL, speaker_key = NULL, opted_out = 1, forgotten = 1 WHERE id IN ({marks})",
-                    group,
-                )
+                keys = self._conn.execute(f"SELECT id, speaker_key FROM users WHERE id IN ({marks})", group)
+                for rid, key in keys.fetchall():  # the name stays taken, kept only as a digest
+                    self._conn.execute(
+                        "UPDATE users SET handle = NULL, display_name = NULL, real_name = NULL, avatar_url = NULL, "
+                        "speaker = NULL, speaker_key = ?, opted_out = 1, forgotten = 1 WHERE id = ?",
+                        (_tombstone_key(key) if key and not key.startswith(_FORGOTTEN) else key, rid),
+                    )
             # Old copies of the pages live on in the WAL until a checkpoint; write them back now.
             self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:

@@ -105,6 +105,8 @@ def test_who(chat_world: ChatWorld, db: Path, capsys: pytest.CaptureFixture) -> 
     assert main(["who", "--model", str(chat_world.model), "--db", str(db)]) == 0
     out = capsys.readouterr().out
     assert out.startswith("I can write as 5 people") and "• grace (Grace): " in out
+    assert main(["who", "--all", "--model", str(chat_world.model), "--db", str(db)]) == 0
+    assert capsys.readouterr().out == out  # five people: all shown either way (the command was once refused)
 
 
 def test_serve_console_with_piped_input(chat_world: ChatWorld, db: Path, monkeypatch: pytest.MonkeyPatch,

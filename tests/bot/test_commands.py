@@ -377,7 +377,7 @@ def test_forget_in_chat_takes_every_linked_account(settings: Settings, gate: Mod
     memory = VoiceMemory(voice_path_for(served_model))
     assert memory.speaker_id("ada") == -1 and memory.speaker_id("grace") == -1
     with Store.open(db) as store:
-        assert store.find_user("grace") is None
+        assert store.find_user("grace").forgotten
 
 
 def test_who_all_lists_everyone_on_the_console_only(commands: Commands, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -207,7 +207,7 @@ def test_forget_deletes_everything_and_a_reingest_does_not_bring_them_back(store
     tomb = store.user_by_platform_id("slack", "U1")
     assert tomb.forgotten and tomb.opted_out
     assert (tomb.handle, tomb.display_name, tomb.real_name, tomb.avatar_url, tomb.speaker) == (None,) * 5
-    assert store.find_user("alice") is None
+    assert store.find_user("alice").forgotten  # found by the name they had, only to be refused
     assert store.find_user("U1") is None
     # Re-ingest the same export: the profile is not restored and the messages are not stored.
     store.upsert_users([UserRecord("slack", "U1", "alice", "Alice A", "Alice Anders")])

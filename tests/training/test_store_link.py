@@ -65,7 +65,7 @@ def test_forget_takes_every_account(db: Path) -> None:
     with Store.open(db) as s:
         s.link("viola", "viola_2")
         assert s.forget("viola") == 3
-        assert s.find_user("viola") is None and s.find_user("viola_2") is None
+        assert all(s.find_user(n).forgotten and s.find_user(n).speaker is None for n in ("viola", "viola_2"))
         assert s.speaker_counts() == {"orsino": 1}
 
 
@@ -135,3 +135,29 @@ def test_cli_forget_after_unlink_clears_both_voice_memories(db: Path, tmp_path: 
         s.unlink("viola_2")
     assert main(["forget", "viola_2", "--yes", "--db", str(db), "--model", str(tmp_path / "models")]) == 0
     assert cleared == ["viola_2", "viola"]
+
+
+def test_a_forgotten_persons_name_is_never_given_to_someone_else(db: Path) -> None:
+    """A model trained before the forget still knows 'viola': a newcomer named so would be written as with the
+    forgotten person's words. The name stays taken (as a digest, not the name), and asking for it is refused."""
+    with Store.open(db) as s:
+        s.link("viola", "viola_2")
+        s.forget("viola")
+        s.upsert_users([UserRecord("slack", "U9", "viola", "New Viola", None, workspace_id="T1")])
+        assert s.user_by_platform_id("slack", "U9").speaker == "viola_3"
+        tomb = s.find_user("viola")
+        assert tomb is not None and tomb.forgotten and tomb.speaker is None
+        assert "viola" not in {r[0] for r in s._conn.execute("SELECT speaker_key FROM users")}  # only a digest
+        with pytest.raises(UnknownUserError, match="was forgotten"):
+            s.set_opted_out("viola", False)
+        with pytest.raises(UnknownUserError, match="forgotten"):
+            s.link("viola_3", "viola")
+
+
+def test_linking_an_account_to_itself_or_again_says_so(db: Path) -> None:
+    with Store.open(db) as s:
+        with pytest.raises(UnknownUserError, match="the same account"):
+            s.link("viola", "viola")
+        s.link("viola", "viola_2")
+        with pytest.raises(UnknownUserError, match="already the same person"):
+            s.link("viola_2", "viola")
