@@ -63,7 +63,7 @@ class StoreAccess:
     def person_of(self, user: UserRecord) -> UserRecord:
         """The person an account belongs to: its first account when linked (whose speaker name the model
         knows them by), else the account itself."""
-        return self.store().accounts(user.speaker)[0] if user.speaker else user
+        return self.store().person_of(user.platform, user.platform_id) or user
 
     def speaker_of(self, platform: str, platform_id: str) -> str | None:
         return self.store().speaker_of(platform, platform_id)

@@ -485,6 +485,15 @@ class Store:
             "WHERE a.platform = ? AND a.platform_id = ?", (platform, platform_id)).fetchone()
         return row[0] if row else None
 
+    def person_of(self, platform: str, platform_id: str) -> UserRecord | None:
+        """The person an account belongs to: the record of its first account when linked, else its own. One
+        query: it runs for every impersonation."""
+        row = self._conn.execute(
+            f"SELECT {_USER_COLUMNS} FROM users a JOIN users u ON u.id = coalesce(a.same_as, a.id) "
+            "LEFT JOIN workspaces w ON w.id = u.workspace_id WHERE a.platform = ? AND a.platform_id = ?",
+            (platform, platform_id)).fetchone()
+        return _user_from_row(row) if row else None
+
     def learned_names(self, name: str) -> list[str]:
         """Every speaker name the person's words may be learned under (voice memories are built per name):
         their accounts' own, and the names of people any of them was linked to, now or before an unlink."""
