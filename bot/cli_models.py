@@ -219,7 +219,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="PATH", help="config file (default $MIMIC_CONFIG, else built-in defaults)")
     p.add_argument("--data-dir", metavar="DIR", help="data directory (overrides [storage] data_dir)")
     p.add_argument("--db", metavar="PATH", help="message store (overrides [storage] database)")
-    p.add_argument("--model", metavar="DIR", help="model registry directory (default <data dir>/models)")
+    p.add_argument("--model", metavar="DIR", help="model registry directory (overrides [storage] model; default <data dir>/models)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -247,7 +247,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--time-budget", type=float, metavar="SECONDS", help="seconds of training ([retrain] time_budget)")
     p.add_argument("--steps", type=int, metavar="N", help="stop after N steps (or the time budget, if sooner)")
     p.add_argument("--tolerance", type=float, help="bits/char the candidate may be worse ([retrain] tolerance)")
-    m = p.add_argument_group("model for a from-scratch run (default: the serving model's, else Mimic's default)")
+    m = p.add_argument_group("model (default: the serving model's, else Mimic's default; a model other than the "
+                             "serving one is trained from scratch)")
     m.add_argument("--arch")
     m.add_argument("--hidden", type=int)
     m.add_argument("--layers", type=int)

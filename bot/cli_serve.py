@@ -200,7 +200,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "SLACK_APP_TOKEN (Socket Mode) or SLACK_SIGNING_SECRET (HTTP mode); DISCORD_TOKEN.")
     p.add_argument("platform", choices=["slack", "discord", "console"])
     _config_args(p)
-    p.add_argument("--port", type=int, help="Slack HTTP mode port (default $PORT, else 3000)")
+    p.add_argument("--port", type=int, help="Slack HTTP mode port (default $PORT, else [slack] port, else 3000)")
     p.add_argument("--sync-global", action="store_true",
                    help="Discord: publish the slash commands to every guild at start (slow; do it once)")
     p.set_defaults(run=run_serve)
@@ -219,7 +219,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--all", action="store_true", help="everyone (otherwise the list is cut short)")
     p.set_defaults(run=run_who)
 
-    p = sub.add_parser("demo", help="try Mimic offline: a made-up team, a model trained for a minute, a console",
+    p = sub.add_parser("demo", help="try Mimic offline: a made-up team, a model trained for 90 s, a console",
                        description="Generate a synthetic team chat, import it, train a small model briefly on the "
                                    "CPU, then open the console (works with piped input too).")
     p.add_argument("--time-budget", type=float, default=90.0, metavar="SECONDS", help="training time (default 90)")
