@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from engine.errors import ModelLoadError
+from engine.errors import ModelLoadError, damage
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ class ModelSession:
         try:
             logits, state = self.run(tokens, self.initial_state(2), speakers)
         except Exception as exc:  # onnxruntime's errors are untyped
-            raise ModelLoadError(f"{name}: the model does not run in ONNX Runtime ({_first_line(exc)}); "
+            raise ModelLoadError(f"{name}: the model does not run in ONNX Runtime ({damage(exc)}); "
                                  "re-export it with `mimic export`") from exc
         want = ((2, 2, self.vocab), (self.state_rows, 2, self.hidden))
         if (logits.shape, state.shape) != want:
@@ -185,10 +185,6 @@ class ModelSession:
             return default
 
 
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-
-
 def _not_onnx_message(name: Any, data: bytes, exc: BaseException) -> str:
     """Why ONNX Runtime refused the file, with a hint when it is a training checkpoint given by mistake
     (recognised by its first bytes or its name: reading it as one would need torch, which engine/ never imports)."""
@@ -196,7 +192,7 @@ def _not_onnx_message(name: Any, data: bytes, exc: BaseException) -> str:
     run = f"run `mimic export {ckpt} OUT.onnx` first and give OUT.onnx"
     if (data.startswith(ZIP_MAGIC) and TORCH_ZIP_ENTRY in data[:512]) or data.startswith(PICKLE_MAGIC):
         return f"{name}: this looks like a Mimic checkpoint, not an ONNX model; {run}"
-    message = f"{name}: not a valid ONNX model ({_first_line(exc)})"
+    message = f"{name}: not a valid ONNX model ({damage(exc)})"
     if isinstance(name, Path) and name.suffix.lower() in CHECKPOINT_SUFFIXES:
         message += f"; if it is a Mimic checkpoint, {run}"
     return message
